@@ -1,4 +1,4 @@
 //! The `ferry` binary: a thin shell over `ferry_control::cli`.
 fn main() -> std::process::ExitCode {
-    ferry_control::cli::main()
+    control::cli::main()
 }
