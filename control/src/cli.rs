@@ -1,4 +1,338 @@
-//! Command-line entry point.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The `ferry` command line.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dataplane::backend::{self, BackendConfig};
+use dataplane::frontend::admin::AdminRequest;
+use dataplane::frontend::status::{self, Status};
+use dataplane::frontend::{self, FrontendConfig, NbdListen};
+use dataplane::hydrate::HydrateConfig;
+
+use crate::admin_client;
+use crate::size::{human, parse_size};
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Live block-volume migration over NBD on an io_uring dataplane")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing syntax), e.g. `info`, `debug`, `dataplane=debug`. Overrides RUST_LOG.
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve source volumes to frontends (runs near the source). Read-only except write-back.
+    Backend(BackendArgs),
+    /// Export a volume over NBD and migrate it into the target (runs near the target).
+    Frontend(FrontendArgs),
+    /// Show a migration's progress (from the running frontend, or from its state dir).
+    Status(StatusArgs),
+    /// Finish the migration: the target becomes a complete, ordinary raw disk.
+    Cutover(CutoverArgs),
+    /// Send the workload back: every write it made goes back to the source.
+    Abort(StateDirArg),
+    /// Run a complete local migration with a workload, and verify the result.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct BackendArgs {
+    /// Address to listen on for frontends. Defaults to loopback; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:10810")]
+    listen: String,
+    /// A volume to serve: NAME=PATH (regular file, block device or loop device). Repeatable.
+    #[arg(long = "volume", required = true, value_parser = parse_volume)]
+    volumes: Vec<(String, PathBuf)>,
+    /// Cores (io_uring threads) to run; default: all.
+    #[arg(long)]
+    cores: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct FrontendArgs {
+    /// Backend address (HOST:PORT).
+    #[arg(long)]
+    backend: String,
+    /// Name of the volume on the backend; also the NBD export name.
+    #[arg(long)]
+    volume: String,
+    /// Target: a file (created and pre-allocated if missing) or a block device.
+    #[arg(long)]
+    target: PathBuf,
+    /// Directory holding this migration's state (map, session); reuse it to resume.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Where to export NBD: unix:PATH or tcp:HOST:PORT (TCP defaults to loopback use).
+    #[arg(long, value_parser = parse_nbd)]
+    nbd: NbdListen,
+    /// Chunk size, a power of two from 4K to 1M.
+    #[arg(long, default_value = "64K", value_parser = parse_chunk)]
+    chunk_size: u32,
+    /// Cores (io_uring threads) to run; default: all.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Background migration rate limit in bytes/s (K/M/G suffixes); 0 pauses background
+    /// migration (on-demand reads still fetch). Default: unlimited.
+    #[arg(long, value_parser = parse_size)]
+    background_rate: Option<u64>,
+    /// DSCP class for the background connection (0-63), e.g. 8 (CS1) so QoS-aware networks
+    /// deprioritise it; on-demand traffic keeps the default class.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(0..64))]
+    background_dscp: u8,
+    /// Chunks per background fetch request.
+    #[arg(long, default_value_t = 64)]
+    batch_chunks: usize,
+    /// Background fetch requests in flight per core.
+    #[arg(long, default_value_t = 8)]
+    background_in_flight: usize,
+}
+
+#[derive(Args, Debug)]
+struct StateDirArg {
+    /// The frontend's state directory.
+    #[arg(long)]
+    state_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    dir: StateDirArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CutoverArgs {
+    #[command(flatten)]
+    dir: StateDirArg,
+    /// Wait until every chunk is on the target, then cut over.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout_secs: u64,
+}
+
+fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
+    if name.is_empty() || name.len() > 255 || path.is_empty() {
+        return Err(format!("{s:?}: expected NAME=PATH with a name of 1 to 255 bytes"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn parse_nbd(s: &str) -> Result<NbdListen, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        return Ok(NbdListen::Unix(PathBuf::from(p)));
+    }
+    if let Some(a) = s.strip_prefix("tcp:") {
+        return resolve(a).map(NbdListen::Tcp);
+    }
+    Err(format!("{s:?}: expected unix:PATH or tcp:HOST:PORT"))
+}
+
+fn parse_chunk(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    if !(4096..=1 << 20).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{s:?}: the chunk size must be a power of two from 4K to 1M"));
+    }
+    Ok(n as u32)
+}
+
+fn resolve(a: &str) -> Result<SocketAddr, String> {
+    a.to_socket_addrs()
+        .map_err(|e| format!("{a:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{a:?}: no address"))
+}
+
+fn init_logging(format: LogFormat, filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log.as_deref());
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, skipping a cause whose text the message already contains (our
+/// typed errors print their source inline).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn cores(n: Option<usize>) -> usize {
+    n.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Backend(a) => {
+            let listen = resolve(&a.listen).map_err(|e| anyhow!(e))?;
+            backend::run(BackendConfig { listen, volumes: a.volumes, cores: cores(a.cores) }, |addr| {
+                println!("ferry backend listening on {addr}");
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Frontend(a) => {
+            let backend = resolve(&a.backend).map_err(|e| anyhow!(e))?;
+            let cfg = FrontendConfig {
+                backend,
+                volume: a.volume.clone(),
+                target: a.target,
+                state_dir: a.state_dir,
+                nbd: a.nbd,
+                chunk_size_bytes: a.chunk_size,
+                cores: cores(a.cores),
+                background_rate: a.background_rate,
+                background_tos: Some(a.background_dscp << 2),
+                hydrate: HydrateConfig { batch_chunks: a.batch_chunks.clamp(1, 1024), in_flight: a.background_in_flight.max(1) },
+            };
+            let name = a.volume;
+            let outcome = frontend::run(cfg, move |spec| {
+                println!("ferry frontend serving {name} on {spec}");
+            })?;
+            println!("{}", outcome.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(a) => {
+            let st = current_status(&a.dir.state_dir)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cutover(a) => cutover(&a),
+        Command::Abort(a) => {
+            let req = AdminRequest { cmd: "abort".into(), background_rate_bytes_per_s: None };
+            match admin_client::request(&a.state_dir, &req, None)? {
+                Some(r) if r.ok => {
+                    println!("{}", r.message.unwrap_or_default());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(r) => bail!("{}", r.error.unwrap_or_else(|| "abort failed".into())),
+                None => {
+                    let st = status::offline(&a.state_dir)?;
+                    if st.state == "aborted" {
+                        println!("abort complete (already): the source is current");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    bail!("no frontend is running for {}; start it with the same --state-dir, then abort", a.state_dir.display())
+                }
+            }
+        }
+        Command::Demo(a) => crate::demo::run(a),
+    }
+}
+
+pub fn current_status(dir: &std::path::Path) -> Result<Status> {
+    let req = AdminRequest { cmd: "status".into(), background_rate_bytes_per_s: None };
+    match admin_client::request(dir, &req, Some(Duration::from_secs(30)))? {
+        Some(r) if r.ok => r.status.ok_or_else(|| anyhow!("the frontend answered without a status")),
+        Some(r) => bail!("{}", r.error.unwrap_or_default()),
+        None => status::offline(dir).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+fn cutover(a: &CutoverArgs) -> Result<ExitCode> {
+    let dir = &a.dir.state_dir;
+    let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
+    loop {
+        let req = AdminRequest { cmd: "cutover".into(), background_rate_bytes_per_s: None };
+        match admin_client::request(dir, &req, None)? {
+            Some(r) if r.ok => {
+                println!("{}", r.message.unwrap_or_default());
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(r) if r.untouched.is_some() && a.wait && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Some(r) => {
+                eprintln!("ferry: {}", r.error.unwrap_or_else(|| "cutover failed".into()));
+                return Ok(ExitCode::FAILURE);
+            }
+            None => {
+                let st = status::offline(dir)?;
+                if st.state == "completed" {
+                    println!("cutover complete (already): target {} is a complete raw disk", st.target);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                bail!("no frontend is running for {}", dir.display());
+            }
+        }
+    }
+}
+
+fn print_status(st: &Status) {
+    let total = st.chunks_total.max(1) as f64;
+    let done = (st.chunks_total - st.chunks_untouched) as f64 / total * 100.0;
+    println!("volume      {} ({}) -> {}", st.volume, human(st.volume_size_bytes), st.target);
+    println!("state       {}{}", st.state, if st.running { "" } else { " (frontend not running)" });
+    println!("progress    {done:.1}% on target ({} of {} chunks of {})", st.chunks_total - st.chunks_untouched, st.chunks_total, human(u64::from(st.chunk_size_bytes)));
+    println!(
+        "chunks      untouched {}  present {}  dirty {}  zero {}",
+        st.chunks_untouched, st.chunks_present, st.chunks_dirty, st.chunks_zero
+    );
+    if st.running {
+        println!(
+            "fetched     on-demand {} ({} chunks)  background {} ({} chunks)  failures {}",
+            human(st.fetched_bytes_on_demand),
+            st.fetched_chunks_on_demand,
+            human(st.fetched_bytes_background),
+            st.fetched_chunks_background,
+            st.fetch_failures
+        );
+        let rate = match st.background_rate_bytes_per_s {
+            None => "unlimited".to_string(),
+            Some(0) => "paused".to_string(),
+            Some(r) => format!("{}/s", human(r)),
+        };
+        println!("background  {rate}");
+    }
 }

@@ -1,1 +1,8 @@
+//! Ferry's control side: the `ferry` command line, the admin-socket client, a small blocking
+//! NBD client, and the demo driver. Not in the data path.
+
+pub mod admin_client;
 pub mod cli;
+pub mod demo;
+pub mod nbd_client;
+pub mod size;

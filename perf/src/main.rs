@@ -1,1 +1,472 @@
-fn main() {}
+//! `ferry-perf`: Ferry side by side with fio and qemu-nbd, in one run, as ratios.
+//!
+//! (a) hydration throughput of `ferry backend` + `ferry frontend` on loopback against
+//! fio's sequential O_DIRECT read of the source and write of a target-like file;
+//! (b) serving the fully migrated volume against qemu-nbd serving the same file, with
+//! fio's nbd engine, latency percentiles from every IO; (c) peak RSS of each server.
+//! The machine may be shared and noisy, so every measurement is repeated, interleaved
+//! with its peer, and reported as a median and a ratio to that peer.
+//!
+//! Invariants: every child process is stopped when the run ends, also on error
+//! ([`child::Proc`]); every wait is bounded; work files live on a disk-backed file system
+//! (never tmpfs) and the large ones are removed at the end unless `--keep`.
+
+mod child;
+mod ferry;
+mod fio;
+mod hydrate;
+mod latency;
+mod qemu_nbd;
+mod report;
+mod serve;
+mod source;
+mod system;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+use crate::ferry::{Ferry, Tuning};
+use crate::fio::shell_quote;
+use crate::report::{
+    FerryInfo, Hydration, Median, Memory, Ratios, Report, ServerResult, Serving, ServingJob,
+};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry-perf",
+    about = "Benchmarks Ferry against fio and qemu-nbd in one run and reports ratios",
+    after_help = "Needs root (to drop the page cache), fio with the nbd engine, qemu-nbd, and a release \
+                  build of ferry: `cargo build --release && cargo run --release -p ferry-perf -- --results perf/RESULTS.md`"
+)]
+struct Cli {
+    /// Volume size (K, M, G suffixes; binary units). Default 2G, or 256M with --quick.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Seconds per serving job (b). Default 15, or 3 with --quick.
+    #[arg(long)]
+    runtime: Option<u64>,
+    /// Rounds of every measurement, interleaved with the peers. Default 2, or 1 with --quick.
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// A short, small run to check the set-up: 256M volume, 3 s jobs, 1 round.
+    #[arg(long)]
+    quick: bool,
+    /// Work directory for the volume, the target and logs; must not be tmpfs (O_DIRECT).
+    #[arg(long, default_value = "/var/tmp/ferry-perf")]
+    dir: PathBuf,
+    /// The ferry binary. Default: next to this benchmark if it is a release build, else
+    /// target/release/ferry in the workspace.
+    #[arg(long)]
+    ferry: Option<PathBuf>,
+    /// Run only the peers (fio, and qemu-nbd serving the source file): checks the set-up
+    /// when no ferry binary is at hand. No ratios.
+    #[arg(long, conflicts_with = "ferry")]
+    without_ferry: bool,
+    /// Also write the report into this markdown file (e.g. perf/RESULTS.md), keeping its header.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Print the report as JSON on stdout instead of markdown.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the random source data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Give up on one hydration or one fio pass over the volume after this many seconds.
+    /// Default: 120 + 1 s per 8 MiB of volume.
+    #[arg(long)]
+    timeout_secs: Option<u64>,
+    /// Keep the volume, target and fio files in --dir (logs are always kept).
+    #[arg(long)]
+    keep: bool,
+    /// Passed to `ferry frontend --chunk-size`.
+    #[arg(long)]
+    chunk_size: Option<String>,
+    /// Passed to `ferry frontend --cores`.
+    #[arg(long)]
+    frontend_cores: Option<usize>,
+    /// Passed to `ferry backend --cores`.
+    #[arg(long)]
+    backend_cores: Option<usize>,
+    /// Passed to `ferry frontend --batch-chunks`.
+    #[arg(long)]
+    batch_chunks: Option<usize>,
+    /// Passed to `ferry frontend --background-in-flight`.
+    #[arg(long)]
+    background_in_flight: Option<usize>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size like 2G, 256M or 1048576"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Progress goes to stderr so stdout carries only the report.
+pub fn progress(msg: &str) {
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[ferry-perf {t:7.1}s] {msg}");
+}
+
+/// Removes the large work files when the run ends (declared before the processes that
+/// use them, so it drops after them).
+struct Cleanup {
+    paths: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for p in &self.paths {
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// The command, run as root from the workspace root, that repeats this run.
+fn reproduce_command(with_ferry: bool) -> String {
+    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
+    let build = if with_ferry {
+        "cargo build --release && "
+    } else {
+        ""
+    };
+    let mut s = format!("{build}cargo run --release -p ferry-perf --");
+    for a in args {
+        s.push(' ');
+        s.push_str(&a);
+    }
+    s
+}
+
+fn mib_s(b: f64) -> String {
+    format!("{:.0} MiB/s", b / MIB as f64)
+}
+
+fn run(cli: Cli) -> Result<Report> {
+    START.get_or_init(Instant::now);
+    system::require_tool("fio", "fio")?;
+    system::require_tool("qemu-nbd", "qemu-utils")?;
+    if !system::is_root() {
+        progress("warning: not root; the page cache cannot be dropped and the source read may come from RAM");
+    }
+    let ferry = if cli.without_ferry {
+        None
+    } else {
+        let bin = ferry::locate(cli.ferry.as_deref())?;
+        if bin.components().any(|c| c.as_os_str() == "debug") {
+            progress(&format!(
+                "warning: {} looks like a debug build; its numbers mean little",
+                bin.display()
+            ));
+        }
+        let tuning = Tuning {
+            chunk_size: cli.chunk_size.clone(),
+            frontend_cores: cli.frontend_cores,
+            backend_cores: cli.backend_cores,
+            batch_chunks: cli.batch_chunks,
+            background_in_flight: cli.background_in_flight,
+        };
+        Some(Ferry { bin, tuning })
+    };
+
+    let size_bytes = cli
+        .size
+        .unwrap_or(if cli.quick { 256 * MIB } else { 2048 * MIB });
+    if size_bytes < 16 * MIB || size_bytes & (MIB - 1) != 0 {
+        bail!("--size must be a whole number of MiB, at least 16M");
+    }
+    let runtime_s = cli.runtime.unwrap_or(if cli.quick { 3 } else { 15 }).max(1);
+    let repeat = cli.repeat.unwrap_or(if cli.quick { 1 } else { 2 }).max(1);
+    let timeout = Duration::from_secs(cli.timeout_secs.unwrap_or(120 + size_bytes / (8 * MIB)));
+
+    // Peak disk use: the source plus either the target or fio's scratch file.
+    let work = system::prepare_work_dir(&cli.dir, 2 * size_bytes + 256 * MIB)?;
+    // Logs of this run only: server logs are appended to, so old ones would mislead.
+    let logs = work.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
+    let source = work.join("source.img");
+    let target = work.join("target.img");
+    let scratch = work.join("fio-write.img");
+    let state_dir = work.join("state");
+    let ferry_sock = work.join("ferry-nbd.sock");
+    let qemu_sock = work.join("qemu-nbd.sock");
+    let _cleanup = Cleanup {
+        paths: vec![
+            source.clone(),
+            source.with_extension("json"),
+            target.clone(),
+            scratch.clone(),
+            state_dir.clone(),
+            ferry_sock.clone(),
+            qemu_sock.clone(),
+        ],
+        keep: cli.keep,
+    };
+    let machine = system::Machine::describe(&work);
+    progress(&format!(
+        "work directory {} ({}), logs in {}",
+        work.display(),
+        machine.work_dir_fs,
+        logs.display()
+    ));
+
+    progress(&format!(
+        "writing a {} MiB source of random data (seed {})",
+        size_bytes / MIB,
+        cli.seed
+    ));
+    let reused = source::ensure(&source, size_bytes, cli.seed)?;
+    if reused {
+        progress("reusing the identical source left by a previous --keep run");
+    }
+    let page_cache_dropped = system::drop_caches();
+
+    // (a) hydration, with its fio peers, round by round.
+    let mut hyd = Hydration {
+        fio_read_command: hydrate::fio_read_job(&source).command_line(),
+        fio_write_command: hydrate::fio_write_job(&scratch, size_bytes).command_line(),
+        ..Hydration::default()
+    };
+    let mut mem = Memory::default();
+    let mut live: Option<hydrate::LiveFerry> = None;
+    for round in 1..=repeat {
+        live = None; // the previous round's servers stop before anything else runs
+        let _ = std::fs::remove_file(&target);
+        let tag = round.to_string();
+
+        progress(&format!(
+            "(a) round {round}/{repeat}: fio sequential read of the source"
+        ));
+        system::drop_caches();
+        let r = fio::run(&hydrate::fio_read_job(&source), &tag, &logs, false, timeout)?;
+        progress(&format!("  {}", mib_s(r.bytes_per_s)));
+        hyd.fio_read.push(r);
+
+        progress(&format!(
+            "(a) round {round}/{repeat}: fio sequential write of a new {} MiB file",
+            size_bytes / MIB
+        ));
+        let _ = std::fs::remove_file(&scratch);
+        system::drop_caches();
+        let r = fio::run(
+            &hydrate::fio_write_job(&scratch, size_bytes),
+            &tag,
+            &logs,
+            false,
+            timeout,
+        )?;
+        let _ = std::fs::remove_file(&scratch);
+        progress(&format!("  {}", mib_s(r.bytes_per_s)));
+        hyd.fio_write.push(r);
+
+        if let Some(f) = &ferry {
+            progress(&format!("(a) round {round}/{repeat}: ferry hydration"));
+            let paths = hydrate::Paths {
+                source: &source,
+                target: &target,
+                state_dir: &state_dir,
+                socket: &ferry_sock,
+                log_dir: &logs,
+            };
+            let (h, l) = hydrate::ferry_round(f, &paths, size_bytes, round, timeout)?;
+            progress(&format!(
+                "  {} ({:.2} s, {} sampled blocks match the source)",
+                mib_s(h.bytes_per_s),
+                h.elapsed_s,
+                h.blocks_verified
+            ));
+            mem.frontend_hydration_peak_rss_kib = mem
+                .frontend_hydration_peak_rss_kib
+                .max(Some(h.frontend_peak_rss_kib));
+            mem.backend_hydration_peak_rss_kib = mem
+                .backend_hydration_peak_rss_kib
+                .max(Some(h.backend_peak_rss_kib));
+            hyd.ferry.push(h);
+            live = Some(l);
+        }
+    }
+    hyd.fio_read_bytes_per_s = report::median(hyd.fio_read.iter().map(|r| r.bytes_per_s).collect());
+    hyd.fio_write_bytes_per_s =
+        report::median(hyd.fio_write.iter().map(|r| r.bytes_per_s).collect());
+    if !hyd.ferry.is_empty() {
+        let f = report::median(hyd.ferry.iter().map(|r| r.bytes_per_s).collect());
+        hyd.ferry_bytes_per_s = Some(f);
+        hyd.ratio_to_slower_fio = Some(f / hyd.fio_read_bytes_per_s.min(hyd.fio_write_bytes_per_s));
+    }
+
+    // (b) serving: the frontend left running by the last round, and qemu-nbd on its target.
+    let served_file: &Path = live.as_ref().map_or(&source, |l| &l.target);
+    progress(&format!(
+        "(b) starting qemu-nbd on {}",
+        served_file.display()
+    ));
+    let mut qemu = qemu_nbd::start(served_file, &qemu_sock, &logs.join("qemu-nbd.log"))?;
+    progress(&format!("  {}", qemu.command_line));
+    let mut servers = Vec::new();
+    if let Some(l) = &live {
+        if let Err(e) = l.frontend.reset_hwm() {
+            progress(&format!(
+                "warning: cannot reset the frontend's peak RSS, (b) includes (a): {e:#}"
+            ));
+        }
+        servers.push(serve::Server {
+            name: "ferry".into(),
+            socket: l.socket.display().to_string(),
+        });
+    }
+    servers.push(serve::Server {
+        name: "qemu-nbd".into(),
+        socket: qemu_sock.display().to_string(),
+    });
+    let runs = serve::run(&servers, runtime_s, repeat, &logs)?;
+    if let Some(l) = live.as_mut() {
+        l.frontend.check_alive()?;
+        l.backend.check_alive()?;
+        mem.frontend_serving_peak_rss_kib = Some(l.frontend.vm_hwm_kib()?);
+    }
+    qemu.proc.check_alive()?;
+    mem.qemu_nbd_serving_peak_rss_kib = Some(qemu.proc.vm_hwm_kib()?);
+    drop(qemu.proc);
+    drop(live);
+
+    let jobs = serve::JOBS
+        .iter()
+        .zip(runs)
+        .map(|(job, per_server)| {
+            let results: Vec<ServerResult> = servers
+                .iter()
+                .zip(per_server)
+                .map(|(s, runs)| ServerResult {
+                    name: s.name.clone(),
+                    median: Median::of(&runs),
+                    runs,
+                })
+                .collect();
+            let ratio =
+                (results.len() == 2).then(|| Ratios::of(&results[0].median, &results[1].median));
+            ServingJob {
+                key: job.key.into(),
+                label: job.label.into(),
+                fio_command: serve::fio_job(job, "nbd+unix:///vol?socket=SOCKET", runtime_s)
+                    .command_line(),
+                servers: results,
+                ratio,
+            }
+        })
+        .collect();
+    let serving = Serving {
+        served_file: served_file_note(&cli),
+        qemu_nbd_command: qemu.command_line,
+        jobs,
+    };
+    let verdicts = report::verdicts(&hyd, &serving);
+    Ok(Report {
+        machine,
+        reproduce: reproduce_command(ferry.is_some()),
+        quick: cli.quick,
+        ferry: ferry.as_ref().map(|f| FerryInfo { binary: f.bin.display().to_string(), version: f.version(), tuning: f.tuning.clone() }),
+        size_bytes,
+        source: "seeded random data written in 1 MiB pieces, no holes and no zero chunks (checked with SEEK_HOLE), \
+                 so neither side can skip anything"
+            .into(),
+        page_cache_dropped,
+        runtime_s,
+        repeat,
+        hydration: hyd,
+        serving,
+        memory: mem,
+        verdicts,
+    })
+}
+
+fn served_file_note(cli: &Cli) -> String {
+    if cli.without_ferry {
+        "the source file (no ferry target in --without-ferry)".into()
+    } else {
+        "the target ferry just hydrated (both servers serve the same file)".into()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let results = cli.results.clone();
+    match run(cli) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("ferry-perf: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.markdown());
+            }
+            if let Some(p) = results {
+                if let Err(e) = report.write_results(&p) {
+                    eprintln!("ferry-perf: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+                progress(&format!("results written to {}", p.display()));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry-perf: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(report::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(report::median(vec![4.0, 1.0]), 2.5);
+    }
+}

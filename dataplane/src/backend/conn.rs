@@ -1,0 +1,318 @@
+//! One frontend connection on the backend.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use wire_format::frame::{self, Class, ErrorCode, Frame, MAX_EXTENTS_PER_FRAME, MAX_FETCH_CHUNKS};
+
+use super::volume::SourceVolume;
+use crate::link::reader::FrameReader;
+use crate::link::LinkError;
+use crate::runtime::{self, AlignedBuf, File, OpenOptions, Stream};
+
+/// Fetch requests served at once per connection: bounds buffers and disk queue depth.
+const FETCHES_IN_FLIGHT_MAX: usize = 32;
+
+struct Opened {
+    volume: usize,
+    chunk_size_bytes: u32,
+    /// O_DIRECT reader of the source (buffered when the size defeats O_DIRECT alignment).
+    reader: File,
+    /// Buffered writer for write-back, opened on first use.
+    writer: RefCell<Option<File>>,
+}
+
+struct Conn {
+    stream: Stream,
+    send: async_lock::Mutex<Vec<u8>>,
+    volumes: Arc<Vec<SourceVolume>>,
+    opened: RefCell<HashMap<u32, Rc<Opened>>>,
+    next_handle: Cell<u32>,
+    chunks_sent: Cell<u64>,
+    zero_chunks_sent: Cell<u64>,
+    bytes_sent: Cell<u64>,
+}
+
+pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
+    let conn = Rc::new(Conn {
+        stream: stream.clone(),
+        send: async_lock::Mutex::new(Vec::with_capacity(64 * 1024)),
+        volumes,
+        opened: RefCell::new(HashMap::new()),
+        next_handle: Cell::new(1),
+        chunks_sent: Cell::new(0),
+        zero_chunks_sent: Cell::new(0),
+        bytes_sent: Cell::new(0),
+    });
+    let mut reader = FrameReader::new(stream.clone());
+    let permits = std::sync::Arc::new(async_lock::Semaphore::new(FETCHES_IN_FLIGHT_MAX));
+    let result = conn.read_loop(&mut reader, &permits).await;
+    match result {
+        Ok(()) => tracing::info!(core = runtime::current_core(), chunks = conn.chunks_sent.get(),
+            zero_chunks = conn.zero_chunks_sent.get(), bytes = conn.bytes_sent.get(), "frontend disconnected"),
+        Err(e) => {
+            tracing::warn!(error = %e, chunks = conn.chunks_sent.get(), "connection ended with an error");
+            let msg = e.to_string();
+            let _ = conn.send_frame(0, &Frame::Error { code: ErrorCode::InvalidRequest, message: &msg }).await;
+        }
+    }
+    stream.shutdown();
+}
+
+impl Conn {
+    async fn read_loop(self: &Rc<Self>, reader: &mut FrameReader, permits: &std::sync::Arc<async_lock::Semaphore>) -> Result<(), LinkError> {
+        loop {
+            let Some((id, frame)) = reader.next().await? else {
+                return Ok(());
+            };
+            match frame {
+                Frame::Hello { version_min, version_max, .. } => {
+                    if !(version_min..=version_max).contains(&frame::VERSION) {
+                        let msg = format!("this backend speaks version {}, peer offers {version_min}..={version_max}", frame::VERSION);
+                        self.send_frame(id, &Frame::Error { code: ErrorCode::VersionMismatch, message: &msg }).await?;
+                        return Err(LinkError::Protocol(msg));
+                    }
+                    self.send_frame(id, &Frame::HelloAck { version: frame::VERSION, capabilities: crate::link::CAPABILITIES }).await?;
+                }
+                Frame::Open { chunk_size, name } => self.open(id, name, chunk_size).await?,
+                Frame::Fetch { handle, class, chunks } => {
+                    let opened = self.lookup(handle)?;
+                    let permit = permits.acquire_arc().await;
+                    let conn = self.clone();
+                    runtime::spawn(async move {
+                        if let Err(e) = conn.fetch(id, handle, &opened, class, &chunks).await {
+                            tracing::warn!(error = %e, "fetch reply failed; closing connection");
+                            conn.stream.shutdown();
+                        }
+                        drop(permit);
+                    })
+                    .detach();
+                }
+                Frame::WriteBack { handle, offset, data } => {
+                    let opened = self.lookup(handle)?;
+                    let r = self.write_back(&opened, offset, data).await;
+                    self.answer(id, r).await?;
+                }
+                Frame::WriteZeroes { handle, offset, len } => {
+                    let opened = self.lookup(handle)?;
+                    let r = self.write_zeroes(&opened, offset, len).await;
+                    self.answer(id, r).await?;
+                }
+                Frame::Sync { handle } => {
+                    let opened = self.lookup(handle)?;
+                    let w = self.writer(&opened);
+                    let r = match w {
+                        Ok(w) => w.fdatasync().await.map_err(|e| (ErrorCode::Io, format!("fdatasync of the source: {e}"))),
+                        Err(e) => Err(e),
+                    };
+                    self.answer(id, r).await?;
+                }
+                other => {
+                    return Err(LinkError::Protocol(format!("unexpected {:?} from a frontend", other.kind())));
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, handle: u32) -> Result<Rc<Opened>, LinkError> {
+        self.opened
+            .borrow()
+            .get(&handle)
+            .cloned()
+            .ok_or_else(|| LinkError::Protocol(format!("unknown volume handle {handle}")))
+    }
+
+    async fn send_frame(&self, id: u64, f: &Frame<'_>) -> Result<(), LinkError> {
+        let mut guard = self.send.lock().await;
+        let mut out = std::mem::take(&mut *guard);
+        out.clear();
+        f.encode(id, &mut out)?;
+        let out_len = out.len();
+        let (res, out) = self.stream.send_all(out, 0..out_len).await;
+        *guard = out;
+        Ok(res?)
+    }
+
+    async fn answer(&self, id: u64, r: Result<(), (ErrorCode, String)>) -> Result<(), LinkError> {
+        match r {
+            Ok(()) => self.send_frame(id, &Frame::Ack).await,
+            Err((code, message)) => {
+                tracing::warn!(?code, %message, "write-back request failed");
+                self.send_frame(id, &Frame::Error { code, message: &message }).await
+            }
+        }
+    }
+
+    async fn open(&self, id: u64, name: &str, chunk_size: u32) -> Result<(), LinkError> {
+        let Some(index) = self.volumes.iter().position(|v| v.name == name) else {
+            let msg = format!("no volume named {name:?} on this backend");
+            return self.send_frame(id, &Frame::Error { code: ErrorCode::NotFound, message: &msg }).await;
+        };
+        let vol = &self.volumes[index];
+        let reader = match open_reader(vol) {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!("cannot open {}: {e}", vol.path.display());
+                return self.send_frame(id, &Frame::Error { code: ErrorCode::Io, message: &msg }).await;
+            }
+        };
+        let handle = self.next_handle.get();
+        self.next_handle.set(handle + 1);
+        self.opened.borrow_mut().insert(
+            handle,
+            Rc::new(Opened { volume: index, chunk_size_bytes: chunk_size, reader, writer: RefCell::new(None) }),
+        );
+        let frames = vol.extents.chunks(MAX_EXTENTS_PER_FRAME);
+        let extent_frames = frames.len() as u32;
+        self.send_frame(id, &Frame::OpenOk { handle, size: vol.size_bytes, chunk_size, extent_frames }).await?;
+        for part in vol.extents.chunks(MAX_EXTENTS_PER_FRAME) {
+            self.send_frame(id, &Frame::Extents { handle, extents: part.to_vec() }).await?;
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self, id: u64, handle: u32, opened: &Opened, _class: Class, chunks: &[u64]) -> Result<(), LinkError> {
+        debug_assert!(chunks.len() <= MAX_FETCH_CHUNKS);
+        let vol = &self.volumes[opened.volume];
+        let cs = u64::from(opened.chunk_size_bytes);
+        let pool = runtime::buf_pool();
+        for &chunk in chunks {
+            let offset = chunk.checked_mul(cs).filter(|&o| o < vol.size_bytes);
+            let Some(offset) = offset else {
+                let msg = format!("chunk {chunk} is past the end of the volume");
+                self.send_frame(id, &Frame::ChunkError { handle, chunk, code: ErrorCode::OutOfRange, message: &msg }).await?;
+                continue;
+            };
+            let len = cs.min(vol.size_bytes - offset) as usize;
+            if vol.is_hole(offset, len as u64) {
+                self.send_zero(id, handle, chunk).await?;
+                continue;
+            }
+            let mut buf = if len <= pool.buf_size() { pool.take().await } else { AlignedBuf::new(len) };
+            buf.set_len(len);
+            let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
+            if let Err(e) = res {
+                let msg = format!("reading {} at {offset}: {e}", vol.path.display());
+                tracing::warn!(%msg, "source read failed");
+                self.send_frame(id, &Frame::ChunkError { handle, chunk, code: ErrorCode::Io, message: &msg }).await?;
+                continue;
+            }
+            if is_zero(&buf) {
+                self.send_zero(id, handle, chunk).await?;
+                continue;
+            }
+            let mut guard = self.send.lock().await;
+            let mut out = std::mem::take(&mut *guard);
+            out.clear();
+            frame::encode_chunk_data_prefix(id, handle, chunk, &buf, &mut out)?;
+            let out_len = out.len();
+        let (res, out) = self.stream.send_all(out, 0..out_len).await;
+            *guard = out;
+            res?;
+            let (res, _buf) = self.stream.send_all(buf, 0..len).await;
+            drop(guard);
+            res?;
+            self.chunks_sent.set(self.chunks_sent.get() + 1);
+            self.bytes_sent.set(self.bytes_sent.get() + len as u64);
+        }
+        Ok(())
+    }
+
+    async fn send_zero(&self, id: u64, handle: u32, chunk: u64) -> Result<(), LinkError> {
+        self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
+        self.send_frame(id, &Frame::ChunkZero { handle, chunk }).await
+    }
+
+    fn writer(&self, opened: &Opened) -> Result<File, (ErrorCode, String)> {
+        let vol = &self.volumes[opened.volume];
+        if !vol.writable {
+            return Err((ErrorCode::ReadOnly, format!("{} was opened read-only", vol.path.display())));
+        }
+        if let Some(w) = opened.writer.borrow().as_ref() {
+            return Ok(w.clone());
+        }
+        // Buffered on purpose: write-back happens once, at abort, in chunk-sized pieces that may
+        // not meet the source's O_DIRECT alignment at its end; Sync makes it durable.
+        let opts = OpenOptions { read: true, write: true, create: false, direct: false };
+        let w = File::open(&vol.path, &opts).map_err(|e| (ErrorCode::Io, format!("open {}: {e}", vol.path.display())))?;
+        *opened.writer.borrow_mut() = Some(w.clone());
+        Ok(w)
+    }
+
+    fn check_range(vol: &SourceVolume, offset: u64, len: u64) -> Result<(), (ErrorCode, String)> {
+        match offset.checked_add(len) {
+            Some(end) if end <= vol.size_bytes => Ok(()),
+            _ => Err((ErrorCode::OutOfRange, format!("range {offset}+{len} is past the end ({})", vol.size_bytes))),
+        }
+    }
+
+    async fn write_back(&self, opened: &Opened, offset: u64, data: &[u8]) -> Result<(), (ErrorCode, String)> {
+        let vol = &self.volumes[opened.volume];
+        Self::check_range(vol, offset, data.len() as u64)?;
+        let w = self.writer(opened)?;
+        let mut buf = AlignedBuf::new(data.len());
+        buf.set_len(data.len());
+        buf.copy_from_slice(data);
+        let (res, _) = w.write_all_at(buf, offset).await;
+        res.map_err(|e| (ErrorCode::Io, format!("write-back to {} at {offset}: {e}", vol.path.display())))
+    }
+
+    async fn write_zeroes(&self, opened: &Opened, offset: u64, len: u64) -> Result<(), (ErrorCode, String)> {
+        let vol = &self.volumes[opened.volume];
+        Self::check_range(vol, offset, len)?;
+        let w = self.writer(opened)?;
+        let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        match w.fallocate(mode, offset, len).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(e) => return Err((ErrorCode::Io, format!("zeroing {} at {offset}: {e}", vol.path.display()))),
+        }
+        // No ZERO_RANGE here: write zeros.
+        let piece = 1u64 << 20;
+        let mut buf = AlignedBuf::new(piece as usize);
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = piece.min(offset + len - pos);
+            buf.set_len(n as usize);
+            let (res, b) = w.write_all_at(buf, pos).await;
+            buf = b;
+            res.map_err(|e| (ErrorCode::Io, format!("zeroing {} at {pos}: {e}", vol.path.display())))?;
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+fn open_reader(vol: &SourceVolume) -> std::io::Result<File> {
+    let opts = OpenOptions { read: true, write: false, create: false, direct: true };
+    let f = File::open(&vol.path, &opts)?;
+    if vol.size_bytes % f.dio_align().offset as u64 == 0 {
+        return Ok(f);
+    }
+    tracing::warn!(path = %vol.path.display(), "size is not a multiple of the O_DIRECT alignment; reading it buffered");
+    File::open(&vol.path, &OpenOptions { direct: false, ..opts })
+}
+
+/// All-zero test in 64-byte blocks: stops at the first non-zero block, which for real data
+/// is almost always the first.
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    let blocks = data.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks.into_iter().all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0) && tail.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zero_detection() {
+        let mut v = vec![0u8; 65536 + 3];
+        assert!(super::is_zero(&v));
+        v[65536 + 2] = 1;
+        assert!(!super::is_zero(&v));
+        v[65536 + 2] = 0;
+        v[12345] = 0x80;
+        assert!(!super::is_zero(&v));
+    }
+}

@@ -1,0 +1,117 @@
+//! The backend: owns source volumes and answers the frontend's fetches.
+//!
+//! One listener on core 0; each accepted connection is handed to a core round-robin and served
+//! there entirely (reads of the source with O_DIRECT through that core's ring). Within a
+//! connection many fetch requests are in flight at once (bounded), replies carry the request id
+//! and go out as soon as each chunk is read. Holes (SEEK_DATA/SEEK_HOLE) and all-zero chunks
+//! are answered with a `ChunkZero` frame and no data. The source is never written except by
+//! write-back frames (abort), which are made durable by a `Sync` frame before it is acked.
+
+mod conn;
+pub mod volume;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::runtime::{self, CoreSet, Listener, RuntimeConfig};
+use volume::{SourceVolume, VolumeError};
+
+pub struct BackendConfig {
+    pub listen: SocketAddr,
+    pub volumes: Vec<(String, PathBuf)>,
+    pub cores: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("duplicate volume name {0}")]
+    DuplicateName(String),
+    #[error("no volume given: pass --volume NAME=PATH")]
+    NoVolume,
+}
+
+/// Runs the backend until the process is killed. `ready` is called once with the listening
+/// address.
+pub fn run(cfg: BackendConfig, ready: impl FnOnce(String) + Send + 'static) -> Result<(), BackendError> {
+    runtime::probe()?;
+    if cfg.volumes.is_empty() {
+        return Err(BackendError::NoVolume);
+    }
+    let mut volumes = Vec::new();
+    for (name, path) in &cfg.volumes {
+        if volumes.iter().any(|v: &SourceVolume| &v.name == name) {
+            return Err(BackendError::DuplicateName(name.clone()));
+        }
+        let v = SourceVolume::open(name, path)?;
+        tracing::info!(volume = %v.name, path = %v.path.display(), size = v.size_bytes,
+            extents = v.extents.len(), writable = v.writable, "serving volume");
+        volumes.push(v);
+    }
+    let volumes = Arc::new(volumes);
+    // Bind before the cores start so a bad address fails the command at once.
+    let std_listener = std::net::TcpListener::bind(cfg.listen)
+        .map_err(|source| BackendError::Listen { addr: cfg.listen, source })?;
+    let addr = std_listener.local_addr().map_err(|source| BackendError::Listen { addr: cfg.listen, source })?;
+    drop(std_listener);
+    let listen = addr;
+    let rt = RuntimeConfig { cores: cfg.cores.max(1), ..RuntimeConfig::default() };
+    let ready = std::sync::Mutex::new(Some(ready));
+    let set = CoreSet::start(rt, move |core| {
+        let volumes = volumes.clone();
+        let ready = if core == 0 { ready.lock().ok().and_then(|mut r| r.take()) } else { None };
+        async move {
+            if core != 0 {
+                return;
+            }
+            let listener = match Listener::bind_tcp(listen) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, %listen, "cannot listen");
+                    runtime::core_handle().shutdown();
+                    return;
+                }
+            };
+            if let Some(ready) = ready {
+                ready(listener.local_addr());
+            }
+            accept_loop(listener, volumes).await;
+        }
+    })?;
+    set.join()?;
+    Ok(())
+}
+
+async fn accept_loop(listener: Listener, volumes: Arc<Vec<SourceVolume>>) {
+    let handle = runtime::core_handle();
+    let mut next = 0usize;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                runtime::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let core = next % handle.cores();
+        next += 1;
+        let volumes = volumes.clone();
+        if core == runtime::current_core() {
+            runtime::spawn(conn::serve(stream, volumes)).detach();
+            continue;
+        }
+        match stream.into_owned_fd() {
+            Ok(fd) => handle.post(core, move || {
+                runtime::spawn(conn::serve(runtime::Stream::from_owned_fd(fd), volumes)).detach();
+            }),
+            Err(stream) => runtime::spawn(conn::serve(stream, volumes)).detach(),
+        }
+    }
+}

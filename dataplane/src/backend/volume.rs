@@ -1,0 +1,125 @@
+//! A source volume the backend owns: opened, locked against a second owner, measured, and
+//! mapped into provisioned extents with SEEK_DATA/SEEK_HOLE so holes are never read or sent.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct SourceVolume {
+    pub name: String,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub is_block_device: bool,
+    /// Sorted, non-overlapping `(offset, len)` ranges that hold data.
+    pub extents: Vec<(u64, u64)>,
+    /// Whether write-back (abort) can be applied: the source opened read-write.
+    pub writable: bool,
+    /// Held for the life of the process: the `flock` that makes this backend the owner.
+    _lock: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume {name}: cannot open {path}: {source}")]
+    Open { name: String, path: PathBuf, source: io::Error },
+    #[error("volume {name}: {path} is in use by another process (flock); stop the other owner first")]
+    Locked { name: String, path: PathBuf },
+    #[error("volume {name}: {path}: {what}: {source}")]
+    Probe { name: String, path: PathBuf, what: &'static str, source: io::Error },
+    #[error("volume {name}: {path} is {size} bytes; a volume must be a non-zero multiple of 512 bytes")]
+    BadSize { name: String, path: PathBuf, size: u64 },
+}
+
+impl SourceVolume {
+    pub fn open(name: &str, path: &Path) -> Result<SourceVolume, VolumeError> {
+        let open_err = |source| VolumeError::Open { name: name.into(), path: path.into(), source };
+        let (file, writable) = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EROFS) => {
+                tracing::warn!(volume = name, path = %path.display(), "source is read-only: abort (write-back) will be refused");
+                (File::open(path).map_err(open_err)?, false)
+            }
+            Err(e) => return Err(open_err(e)),
+        };
+        if crate::sys::flock_exclusive(&file).is_err() {
+            return Err(VolumeError::Locked { name: name.into(), path: path.into() });
+        }
+        let probe = |what, source| VolumeError::Probe { name: name.into(), path: path.into(), what, source };
+        let meta = file.metadata().map_err(|e| probe("stat", e))?;
+        let is_block_device = meta.file_type().is_block_device();
+        let size_bytes = if is_block_device {
+            crate::sys::block_device_size(&file).map_err(|e| probe("BLKGETSIZE64", e))?
+        } else {
+            meta.len()
+        };
+        if size_bytes == 0 || size_bytes % 512 != 0 {
+            return Err(VolumeError::BadSize { name: name.into(), path: path.into(), size: size_bytes });
+        }
+        let extents = if is_block_device {
+            vec![(0, size_bytes)]
+        } else {
+            data_extents(&file, size_bytes).map_err(|e| probe("SEEK_DATA/SEEK_HOLE", e))?
+        };
+        Ok(SourceVolume { name: name.into(), path: path.into(), size_bytes, is_block_device, extents, writable, _lock: file })
+    }
+
+    /// Whether `[offset, offset + len)` lies entirely in a hole.
+    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        // First extent ending after `offset`.
+        let i = self.extents.partition_point(|&(o, l)| o + l <= offset);
+        match self.extents.get(i) {
+            Some(&(o, _)) => o >= end,
+            None => true,
+        }
+    }
+}
+
+/// Walks the file with SEEK_DATA/SEEK_HOLE. Filesystems without support report one extent.
+fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    use crate::sys::seek;
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match seek(file, pos, libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) => {
+                return Ok(vec![(0, size)]);
+            }
+            Err(e) => return Err(e),
+        };
+        let hole = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(size);
+        let end = hole.min(size);
+        if end > data {
+            out.push((data, end - data));
+        }
+        pos = end.max(data + 1);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_are_found_in_a_sparse_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sparse");
+        let f = File::create(&p).expect("create");
+        f.set_len(4 << 20).expect("set_len");
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[1u8; 4096], 1 << 20).expect("write");
+        drop(f);
+        let v = SourceVolume::open("v", &p).expect("open");
+        assert_eq!(v.size_bytes, 4 << 20);
+        assert!(v.is_hole(0, 65536));
+        assert!(!v.is_hole(1 << 20, 65536));
+        assert!(v.is_hole(3 << 20, 1 << 20));
+        // A second owner is refused.
+        assert!(matches!(SourceVolume::open("v", &p), Err(VolumeError::Locked { .. })));
+    }
+}

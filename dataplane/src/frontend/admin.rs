@@ -1,0 +1,176 @@
+//! The admin socket (`DIR/admin.sock`): one JSON request per line, one JSON answer per line.
+//!
+//! Served by a plain thread, not a core: it only forwards requests to core 0 and waits, and it
+//! does the blocking file work (recording the phase) that cores must not do.
+//!
+//! Requests: `{"cmd":"status"}`, `{"cmd":"cutover"}`, `{"cmd":"abort"}`,
+//! `{"cmd":"set-rate","background_rate_bytes_per_s":N|null}`.
+//! Answers: `{"ok":true,"message":...,"status":{...}}` or `{"ok":false,"error":...}`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::coordinator::{self, CutoverError};
+use super::state::{self, Phase, SessionState};
+use super::status::Status;
+use super::volume::local_volume;
+use crate::runtime::CoreHandle;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdminRequest {
+    pub cmd: String,
+    #[serde(default)]
+    pub background_rate_bytes_per_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<Status>,
+    /// Set when the refusal was for chunks still untouched.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub untouched: Option<u64>,
+}
+
+pub struct Admin {
+    pub dir: PathBuf,
+    pub session: SessionState,
+    pub handle: CoreHandle,
+    pub started: std::time::Instant,
+    /// The final word printed by the frontend when it stops (cutover or abort done).
+    pub outcome: Arc<Mutex<Option<String>>>,
+}
+
+pub fn spawn(listener: UnixListener, admin: Admin) -> std::io::Result<()> {
+    std::thread::Builder::new().name("ferry-admin".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(c) => {
+                    if admin.serve(c) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "admin accept failed"),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+impl Admin {
+    /// Serves one admin connection; true when the frontend is finished.
+    fn serve(&self, conn: UnixStream) -> bool {
+        let mut line = String::new();
+        let mut reader = BufReader::new(&conn);
+        // Bounded: an admin request is tiny.
+        if let Err(e) = std::io::Read::take(&mut reader, 64 * 1024).read_line(&mut line) {
+            tracing::warn!(error = %e, "admin read failed");
+            return false;
+        }
+        let (reply, finished) = match serde_json::from_str::<AdminRequest>(&line) {
+            Ok(req) => self.handle(req),
+            Err(e) => (AdminReply { ok: false, error: Some(format!("bad admin request: {e}")), ..Default::default() }, false),
+        };
+        let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+        text.push('\n');
+        let _ = (&conn).write_all(text.as_bytes());
+        if finished {
+            self.stop();
+        }
+        finished
+    }
+
+    fn status(&self) -> Status {
+        let mut st = self.handle.call_blocking(0, || async { coordinator::status(&local_volume()).await });
+        st.target = self.session.target.display().to_string();
+        st.uptime_ms = self.started.elapsed().as_millis() as u64;
+        st
+    }
+
+    fn handle(&self, req: AdminRequest) -> (AdminReply, bool) {
+        match req.cmd.as_str() {
+            "status" => (AdminReply { ok: true, status: Some(self.status()), ..Default::default() }, false),
+            "set-rate" => {
+                let rate = req.background_rate_bytes_per_s;
+                self.handle.call_blocking(0, move || async move {
+                    local_volume().on_all(move |s| async move { s.background_rate.set(rate) }).await;
+                });
+                (AdminReply { ok: true, message: Some("background rate set".into()), ..Default::default() }, false)
+            }
+            "cutover" => {
+                let r = self.handle.call_blocking(0, || async { coordinator::cutover(&local_volume()).await });
+                match r {
+                    Ok(_) => match self.record(Phase::Completed) {
+                        Ok(()) => {
+                            let msg = format!(
+                                "cutover complete: target {} is a complete raw disk",
+                                self.session.target.display()
+                            );
+                            self.set_outcome(&msg);
+                            (AdminReply { ok: true, message: Some(msg), ..Default::default() }, true)
+                        }
+                        Err(e) => {
+                            self.handle.call_blocking(0, || async { coordinator::resume(&local_volume()).await });
+                            let error = format!("cutover failed: cannot record the phase: {e}");
+                            (AdminReply { ok: false, error: Some(error), ..Default::default() }, false)
+                        }
+                    },
+                    Err(e) => {
+                        let untouched = match e {
+                            CutoverError::Untouched(n) => Some(n),
+                            CutoverError::Failed(_) => None,
+                        };
+                        (AdminReply { ok: false, error: Some(e.to_string()), untouched, ..Default::default() }, false)
+                    }
+                }
+            }
+            "abort" => {
+                let r = self.handle.call_blocking(0, || async { coordinator::abort(&local_volume()).await });
+                match r {
+                    Ok(n) => match self.record(Phase::Aborted) {
+                        Ok(()) => {
+                            let msg = format!("abort complete: {n} chunks written back to the source, which is current and durable");
+                            self.set_outcome(&msg);
+                            (AdminReply { ok: true, message: Some(msg), ..Default::default() }, true)
+                        }
+                        Err(e) => {
+                            let error = format!("abort wrote the source back but cannot record the phase: {e}");
+                            (AdminReply { ok: false, error: Some(error), ..Default::default() }, false)
+                        }
+                    },
+                    Err(e) => (AdminReply { ok: false, error: Some(e), ..Default::default() }, false),
+                }
+            }
+            other => {
+                let error = format!("unknown admin command {other:?}");
+                (AdminReply { ok: false, error: Some(error), ..Default::default() }, false)
+            }
+        }
+    }
+
+    fn record(&self, phase: Phase) -> std::io::Result<()> {
+        let s = SessionState { phase, ..self.session.clone() };
+        state::store(&self.dir, &s)
+    }
+
+    fn set_outcome(&self, msg: &str) {
+        if let Ok(mut o) = self.outcome.lock() {
+            *o = Some(msg.to_string());
+        }
+    }
+
+    fn stop(&self) {
+        self.handle.call_blocking(0, || async { coordinator::shut_down(&local_volume()).await });
+        let _ = std::fs::remove_file(state::admin_path(&self.dir));
+        self.handle.shutdown();
+    }
+}

@@ -1,0 +1,113 @@
+//! Whole-volume operations, run on core 0 and fanned out to every core by message: status,
+//! cutover and abort (DESIGN.md data path rule 5).
+
+use std::rc::Rc;
+
+use super::status::{ShardNumbers, Status};
+use super::volume::{local_gate, Volume};
+
+pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
+    let s = &shard.stats;
+    ShardNumbers {
+        counts: shard.counts(),
+        fetched_chunks_on_demand: s.fetched_chunks_on_demand.get(),
+        fetched_chunks_background: s.fetched_chunks_background.get(),
+        fetched_bytes_on_demand: s.fetched_bytes_on_demand.get(),
+        fetched_bytes_background: s.fetched_bytes_background.get(),
+        fetch_failures: s.fetch_failures.get(),
+    }
+}
+
+pub async fn status(vol: &Rc<Volume>) -> Status {
+    let mut st = Status {
+        running: true,
+        volume: vol.name.clone(),
+        volume_size_bytes: vol.geo.volume_size_bytes,
+        chunk_size_bytes: vol.geo.chunk_size_bytes,
+        chunks_total: vol.geo.chunk_count,
+        ..Status::default()
+    };
+    let all = vol.on_all(|s| async move { (numbers(&s), s.background_rate.get()) }).await;
+    for (n, rate) in &all {
+        st.add(n);
+        st.background_rate_bytes_per_s = *rate;
+    }
+    st.state = if st.chunks_untouched == 0 { "ready" } else { "migrating" }.into();
+    st
+}
+
+/// Stops the workload's IO and background traffic: gates closed and drained, hydration held,
+/// fetches in flight finished.
+async fn quiesce(vol: &Rc<Volume>) {
+    vol.on_all(|s| async move {
+        local_gate().close_and_drain().await;
+        s.hydration_held.set(true);
+        s.fetches_idle().await;
+    })
+    .await;
+}
+
+pub async fn resume(vol: &Rc<Volume>) {
+    vol.on_all(|s| async move {
+        local_gate().open();
+        s.hydration_held.set(false);
+        s.hydration_changed.notify_all();
+    })
+    .await;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CutoverError {
+    #[error("cutover refused: {0} chunks still untouched")]
+    Untouched(u64),
+    #[error("cutover failed: {0}")]
+    Failed(String),
+}
+
+/// Quiesces, checks that nothing is `Untouched`, and makes target and map durable. On success
+/// the export stays closed (the caller records the phase and stops the process).
+pub async fn cutover(vol: &Rc<Volume>) -> Result<Status, CutoverError> {
+    quiesce(vol).await;
+    let st = status(vol).await;
+    if st.chunks_untouched > 0 {
+        resume(vol).await;
+        return Err(CutoverError::Untouched(st.chunks_untouched));
+    }
+    if let Err(e) = vol.flush().await {
+        resume(vol).await;
+        return Err(CutoverError::Failed(e.to_string()));
+    }
+    Ok(st)
+}
+
+/// Quiesces and writes every change back to the source. On failure the export is reopened so
+/// the workload keeps running on the target; nothing is lost.
+pub async fn abort(vol: &Rc<Volume>) -> Result<u64, String> {
+    quiesce(vol).await;
+    if let Err(e) = vol.flush().await {
+        resume(vol).await;
+        return Err(e.to_string());
+    }
+    let results = vol.on_all(|s| async move { s.write_back_all().await }).await;
+    let mut total = 0;
+    for r in results {
+        match r {
+            Ok(n) => total += n,
+            Err(e) => {
+                resume(vol).await;
+                return Err(format!("abort failed, the export is serving again: {e}"));
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Closes every core's export for good and stops its links.
+pub async fn shut_down(vol: &Rc<Volume>) {
+    vol.on_all(|s| async move {
+        local_gate().shut_down();
+        s.on_demand.close();
+        s.background.close();
+    })
+    .await;
+}

@@ -1,0 +1,283 @@
+//! Fetching chunks from the backend and filling them into the target.
+//!
+//! * One fetch per chunk: `start_fetch` skips chunks already being fetched; `ensure_fetched`
+//!   waits for the fetch in flight rather than asking again.
+//! * A bad reply (wrong length, unknown chunk, corrupt frame — the link drops those) is never
+//!   stored: the link is closed and the chunk is asked for again on a fresh connection, up to
+//!   `FETCH_ATTEMPTS_MAX` times, then readers get EIO and the chunk stays `Untouched`.
+//! * Late fetches lose: `fill` drops data for a chunk that was superseded or is no longer
+//!   `Untouched`.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use wire_format::frame::Class;
+use wire_format::state::ChunkState;
+
+use super::error::VolError;
+use super::shard::Shard;
+use crate::link::client::Reply;
+use crate::runtime::{self, AlignedBuf};
+
+pub const FETCH_ATTEMPTS_MAX: u32 = 4;
+/// Longest wait for the next reply of a fetch before the link is declared dead: a backend
+/// that stops answering must not hang readers forever.
+pub const FETCH_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Fill {
+    Data(AlignedBuf),
+    Zero,
+}
+
+impl Shard {
+    /// Returns once `chunk` is no longer `Untouched`, fetching it on demand if nobody is.
+    pub async fn ensure_fetched(self: &Rc<Self>, chunk: u64) -> Result<(), VolError> {
+        loop {
+            if self.state(chunk) != ChunkState::Untouched {
+                return Ok(());
+            }
+            match self.existing_slot(chunk).filter(|s| s.fetching.get()) {
+                Some(slot) => {
+                    slot.changed.wait().await;
+                    if !slot.fetching.get() && self.state(chunk) == ChunkState::Untouched {
+                        if let Some(reason) = slot.fetch_error.borrow().clone() {
+                            return Err(VolError::Fetch { chunk, reason });
+                        }
+                    }
+                }
+                None => {
+                    self.start_fetch(&[chunk], Class::OnDemand, None);
+                }
+            }
+        }
+    }
+
+    /// Starts one fetch request for those of `chunks` that are `Untouched` and not already
+    /// being fetched. `done` runs when the request has finished (used to release a
+    /// background permit). Returns how many chunks were asked for.
+    pub fn start_fetch(self: &Rc<Self>, chunks: &[u64], class: Class, done: Option<Box<dyn FnOnce()>>) -> usize {
+        let mut wanted = Vec::with_capacity(chunks.len());
+        for &c in chunks {
+            if self.state(c) != ChunkState::Untouched {
+                continue;
+            }
+            let slot = self.slot(c);
+            if slot.fetching.get() {
+                continue;
+            }
+            slot.fetching.set(true);
+            slot.superseded.set(false);
+            *slot.fetch_error.borrow_mut() = None;
+            wanted.push(c);
+        }
+        let n = wanted.len();
+        self.fetches_in_flight.set(self.fetches_in_flight.get() + n);
+        let shard = self.clone();
+        runtime::spawn(async move {
+            if !wanted.is_empty() {
+                shard.run_fetch(wanted, class).await;
+            }
+            if let Some(done) = done {
+                done();
+            }
+        })
+        .detach();
+        n
+    }
+
+    async fn run_fetch(self: &Rc<Self>, chunks: Vec<u64>, class: Class) {
+        let mut remaining: BTreeSet<u64> = chunks.into_iter().collect();
+        let mut attempt = 0u32;
+        let mut last_error = String::new();
+        while !remaining.is_empty() {
+            if attempt > 0 {
+                runtime::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+            }
+            attempt += 1;
+            let slot = match class {
+                Class::OnDemand => &self.on_demand,
+                Class::Background => &self.background,
+            };
+            let link = match slot.get().await {
+                Ok(l) => l,
+                Err(e) => {
+                    last_error = e.to_string();
+                    if attempt >= FETCH_ATTEMPTS_MAX {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let want: Vec<u64> = remaining.iter().copied().collect();
+            let mut replies = match link.fetch(class, &want).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e.to_string();
+                    if attempt >= FETCH_ATTEMPTS_MAX {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            while !remaining.is_empty() {
+                let reply = match runtime::timeout(FETCH_REPLY_TIMEOUT, replies.next()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        last_error = "backend link broke before all chunks arrived".into();
+                        break;
+                    }
+                    Err(_) => {
+                        last_error = format!("no reply from the backend for {FETCH_REPLY_TIMEOUT:?}");
+                        link.kill();
+                        break;
+                    }
+                };
+                let (chunk, fill) = match reply {
+                    Reply::Data { chunk, buf } => (chunk, Fill::Data(buf)),
+                    Reply::Zero { chunk } => (chunk, Fill::Zero),
+                    Reply::ChunkError { chunk, code, message } if remaining.contains(&chunk) => {
+                        remaining.remove(&chunk);
+                        self.fetch_failed(chunk, format!("backend: {code:?}: {message}"));
+                        continue;
+                    }
+                    Reply::ChunkError { chunk, .. } => {
+                        last_error = format!("backend answered for chunk {chunk}, which was not asked for");
+                        link.kill();
+                        break;
+                    }
+                    Reply::Error { code, message } => {
+                        last_error = format!("backend: {code:?}: {message}");
+                        link.kill();
+                        break;
+                    }
+                    Reply::Ack => {
+                        last_error = "backend answered a fetch with Ack".into();
+                        link.kill();
+                        break;
+                    }
+                };
+                let expected_len = self.geo.chunk_len(chunk) as usize;
+                let bad = if !remaining.contains(&chunk) {
+                    Some(format!("backend sent chunk {chunk}, which was not asked for"))
+                } else if let Fill::Data(b) = &fill {
+                    (b.len() != expected_len).then(|| format!("chunk {chunk}: {} bytes, expected {expected_len}", b.len()))
+                } else {
+                    None
+                };
+                if let Some(reason) = bad {
+                    tracing::warn!(%reason, "bad reply from backend; closing the link and refetching");
+                    if let Fill::Data(b) = fill {
+                        self.bufs.give(b);
+                    }
+                    last_error = reason;
+                    link.kill();
+                    break;
+                }
+                remaining.remove(&chunk);
+                self.fill(chunk, fill, class).await;
+            }
+            if !remaining.is_empty() {
+                tracing::warn!(attempt, remaining = remaining.len(), error = %last_error, "fetch incomplete; retrying");
+                if attempt >= FETCH_ATTEMPTS_MAX {
+                    break;
+                }
+            }
+        }
+        for chunk in remaining {
+            self.fetch_failed(chunk, format!("{last_error} (after {attempt} attempts)"));
+        }
+    }
+
+    fn fetch_failed(&self, chunk: u64, reason: String) {
+        tracing::error!(chunk, %reason, "fetch failed");
+        self.stats.fetch_failures.set(self.stats.fetch_failures.get() + 1);
+        let slot = self.slot(chunk);
+        *slot.fetch_error.borrow_mut() = Some(reason);
+        self.end_fetch(chunk, &slot);
+    }
+
+    fn end_fetch(&self, chunk: u64, slot: &super::shard::ChunkSlot) {
+        slot.fetching.set(false);
+        self.fetches_in_flight.set(self.fetches_in_flight.get().saturating_sub(1));
+        self.fetches_changed.notify_all();
+        slot.changed.notify_all();
+        self.release(chunk);
+    }
+
+    /// Stores a fetched chunk in the target unless the workload changed it meanwhile.
+    async fn fill(self: &Rc<Self>, chunk: u64, fill: Fill, class: Class) {
+        let slot = self.slot(chunk);
+        let stale = slot.superseded.get() || self.state(chunk) != ChunkState::Untouched;
+        let offset = self.geo.chunk_offset(chunk);
+        let len = u64::from(self.geo.chunk_len(chunk));
+        let mut error = None;
+        match fill {
+            Fill::Data(buf) if stale => self.bufs.give(buf),
+            Fill::Zero if stale => {}
+            Fill::Data(buf) => {
+                slot.filling.set(true);
+                let (res, buf) = self.target.write_all_at(buf, offset).await;
+                slot.filling.set(false);
+                self.bufs.give(buf);
+                match res {
+                    Ok(()) => {
+                        self.map.borrow_mut().set_live(chunk, ChunkState::Present);
+                        self.sync.push(chunk, ChunkState::Present);
+                        self.count_fetch(class, len);
+                    }
+                    Err(e) => error = Some(VolError::target("write", offset, &e).to_string()),
+                }
+            }
+            Fill::Zero => {
+                self.stats.zero_replies.set(self.stats.zero_replies.get() + 1);
+                let res = if self.target_fresh {
+                    Ok(())
+                } else {
+                    slot.filling.set(true);
+                    let r = self.zero_target(offset, len, self.bufs_len()).await;
+                    slot.filling.set(false);
+                    r
+                };
+                match res {
+                    Ok(()) => {
+                        self.map.borrow_mut().set_live(chunk, ChunkState::Zero);
+                        self.sync.push(chunk, ChunkState::Zero);
+                        self.count_fetch(class, 0);
+                    }
+                    Err(e) => error = Some(VolError::target("zero", offset, &e).to_string()),
+                }
+            }
+        }
+        if let Some(reason) = error {
+            self.fetch_failed(chunk, reason);
+        } else {
+            self.end_fetch(chunk, &slot);
+        }
+    }
+
+    fn bufs_len(&self) -> usize {
+        self.geo.chunk_size_bytes as usize
+    }
+
+    fn count_fetch(&self, class: Class, bytes: u64) {
+        let s = &self.stats;
+        match class {
+            Class::OnDemand => {
+                s.fetched_chunks_on_demand.set(s.fetched_chunks_on_demand.get() + 1);
+                s.fetched_bytes_on_demand.set(s.fetched_bytes_on_demand.get() + bytes);
+            }
+            Class::Background => {
+                s.fetched_chunks_background.set(s.fetched_chunks_background.get() + 1);
+                s.fetched_bytes_background.set(s.fetched_bytes_background.get() + bytes);
+            }
+        }
+    }
+
+    /// Waits until no fetch of this shard is in flight.
+    pub async fn fetches_idle(&self) {
+        while self.fetches_in_flight.get() > 0 {
+            self.fetches_changed.wait().await;
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The frontend: exports one volume over NBD while migrating it into the target.
+//!
+//! Start-up (blocking, before any core runs): learn the volume from the backend, create or
+//! resume the session in the state dir (target pre-allocated, map with source holes already
+//! `Zero`), then start one core per CPU. Each core owns a stripe-shard of the chunks
+//! ([`shard`]), runs background hydration for them ([`crate::hydrate`]) and serves the NBD
+//! connections handed to it ([`crate::nbd`]), sending each chunk piece to its owner core
+//! ([`volume`]). An admin thread ([`admin`]) answers status / cutover / abort.
+//!
+//! Restart after `kill -9`: the map file says which chunks are durable on the target; those
+//! are never fetched again. Writes acknowledged after FLUSH/FUA are in the target and their
+//! `Dirty` state in the map (see `sync.rs`).
+
+pub mod admin;
+pub mod coordinator;
+pub mod error;
+mod fetch;
+pub mod gate;
+pub mod shard;
+pub mod state;
+pub mod status;
+mod sync;
+pub mod volume;
+mod writeback;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use crate::bufs::ChunkBufs;
+use crate::geometry::Geometry;
+use crate::hydrate::{self, HydrateConfig};
+use crate::link::blocking;
+use crate::link::client::{LinkConfig, LinkSlot};
+use crate::map::{self, VolumeMap};
+use crate::notify::Notify;
+use crate::runtime::{self, CoreSet, File, Listener, OpenOptions, RuntimeConfig};
+use state::{Phase, SessionState};
+
+#[derive(Debug, Clone)]
+pub enum NbdListen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for NbdListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NbdListen::Unix(p) => write!(f, "unix:{}", p.display()),
+            NbdListen::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    pub backend: SocketAddr,
+    pub volume: String,
+    pub target: PathBuf,
+    pub state_dir: PathBuf,
+    pub nbd: NbdListen,
+    pub chunk_size_bytes: u32,
+    pub cores: usize,
+    /// Bytes/s for background hydration; `None` unlimited, `Some(0)` paused.
+    pub background_rate: Option<u64>,
+    /// TOS byte of the background connection (DSCP << 2), e.g. 0x20 for CS1 "scavenger".
+    pub background_tos: Option<u8>,
+    pub hydrate: HydrateConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("backend {addr}: {source}")]
+    Backend { addr: SocketAddr, source: crate::link::LinkError },
+    #[error("state dir {dir}: {message}")]
+    State { dir: PathBuf, message: String },
+    #[error("target {path}: {message}")]
+    Target { path: PathBuf, message: String },
+    #[error("NBD listener {spec}: {source}")]
+    Listen { spec: String, source: std::io::Error },
+    #[error("the session in {dir} is already {phase}; nothing to serve")]
+    Finished { dir: PathBuf, phase: &'static str },
+}
+
+fn state_err(dir: &Path, message: impl std::fmt::Display) -> FrontendError {
+    FrontendError::State { dir: dir.into(), message: message.to_string() }
+}
+
+fn target_err(path: &Path, message: impl std::fmt::Display) -> FrontendError {
+    FrontendError::Target { path: path.into(), message: message.to_string() }
+}
+
+/// What `run` leaves behind once the frontend stops by itself.
+pub struct Outcome {
+    pub message: String,
+}
+
+/// Creates or resumes the session, then serves until cutover or abort completes.
+/// `ready` is called with the NBD listen spec once the export accepts connections.
+pub fn run(cfg: FrontendConfig, ready: impl FnOnce(String) + Send + 'static) -> Result<Outcome, FrontendError> {
+    runtime::probe()?;
+    let dir = cfg.state_dir.clone();
+    fs::create_dir_all(&dir).map_err(|e| state_err(&dir, e))?;
+    let existing = state::load(&dir).map_err(|e| state_err(&dir, e))?;
+    if let Some(s) = &existing {
+        check_resume(&cfg, s)?;
+    }
+    let info = blocking::open_volume(cfg.backend, &cfg.volume, cfg.chunk_size_bytes)
+        .map_err(|source| FrontendError::Backend { addr: cfg.backend, source })?;
+    let session = match existing {
+        Some(s) => {
+            if s.volume_size_bytes != info.size_bytes {
+                return Err(state_err(&dir, format!(
+                    "the session was for a {} byte volume; the backend now reports {} bytes",
+                    s.volume_size_bytes, info.size_bytes
+                )));
+            }
+            tracing::info!(dir = %dir.display(), "resuming session");
+            s
+        }
+        None => create_session(&cfg, &info)?,
+    };
+    let cores = cfg.cores.max(1);
+    let geo = Geometry::new(session.volume_size_bytes, session.chunk_size_bytes, cores);
+    let body = Arc::new(map::file::load(&state::map_path(&dir), &geo).map_err(|e| state_err(&dir, e))?);
+    let min_block = target_alignment(&session.target, geo.volume_size_bytes)?;
+
+    let admin_path = state::admin_path(&dir);
+    let _ = fs::remove_file(&admin_path);
+    let admin_listener = std::os::unix::net::UnixListener::bind(&admin_path)
+        .map_err(|e| state_err(&dir, format!("admin socket {}: {e}", admin_path.display())))?;
+
+    // Bind the NBD listener early so a bad address fails the command, not a core.
+    if let NbdListen::Tcp(a) = &cfg.nbd {
+        std::net::TcpListener::bind(a).map_err(|source| FrontendError::Listen { spec: cfg.nbd.to_string(), source })?;
+    }
+    let rt = RuntimeConfig {
+        cores,
+        buf_size: geo.chunk_size_bytes as usize,
+        bufs_per_core: 256,
+        ..RuntimeConfig::default()
+    };
+    let (err_tx, err_rx) = std::sync::mpsc::channel::<FrontendError>();
+    let ready = Mutex::new(Some(ready));
+    let core_session = session.clone();
+    let cfg_cores = cfg.clone();
+    let set = CoreSet::start(rt, move |core| {
+        let ready = if core == 0 { ready.lock().ok().and_then(|mut r| r.take()) } else { None };
+        let body = body.clone();
+        let session = core_session.clone();
+        let cfg = cfg_cores.clone();
+        let err_tx = err_tx.clone();
+        async move {
+            if let Err(e) = start_core(core, geo, min_block, &cfg, &session, &body, ready).await {
+                tracing::error!(core, error = %e, "core failed to start");
+                let _ = err_tx.send(e);
+                runtime::core_handle().shutdown();
+            }
+        }
+    })?;
+    let outcome = Arc::new(Mutex::new(None));
+    admin::spawn(
+        admin_listener,
+        admin::Admin {
+            dir: dir.clone(),
+            session: session.clone(),
+            handle: set.handle(),
+            started: std::time::Instant::now(),
+            outcome: outcome.clone(),
+        },
+    )
+    .map_err(|e| state_err(&dir, format!("admin thread: {e}")))?;
+    set.join()?;
+    let _ = fs::remove_file(&admin_path);
+    if let NbdListen::Unix(p) = &cfg.nbd {
+        let _ = fs::remove_file(p);
+    }
+    if let Ok(e) = err_rx.try_recv() {
+        return Err(e);
+    }
+    let message = outcome.lock().ok().and_then(|mut o| o.take()).unwrap_or_else(|| "frontend stopped".into());
+    Ok(Outcome { message })
+}
+
+fn check_resume(cfg: &FrontendConfig, s: &SessionState) -> Result<(), FrontendError> {
+    let dir = &cfg.state_dir;
+    match s.phase {
+        Phase::Completed => return Err(FrontendError::Finished { dir: dir.clone(), phase: "completed" }),
+        Phase::Aborted => return Err(FrontendError::Finished { dir: dir.clone(), phase: "aborted" }),
+        Phase::Migrating => {}
+    }
+    if s.volume != cfg.volume || s.target != cfg.target || s.chunk_size_bytes != cfg.chunk_size_bytes {
+        return Err(state_err(dir, format!(
+            "it holds a session for volume {} into {} with {} byte chunks; this command asks for volume {} into {} with {} byte chunks",
+            s.volume, s.target.display(), s.chunk_size_bytes, cfg.volume, cfg.target.display(), cfg.chunk_size_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Prepares the target and the map for a new session and records it.
+fn create_session(cfg: &FrontendConfig, info: &blocking::VolumeInfo) -> Result<SessionState, FrontendError> {
+    let size = info.size_bytes;
+    let path = &cfg.target;
+    let geo = Geometry::new(size, cfg.chunk_size_bytes, 1);
+    let fresh;
+    let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => {
+            fresh = false;
+            let meta = f.metadata().map_err(|e| target_err(path, e))?;
+            let have = if meta.file_type().is_block_device() {
+                crate::sys::block_device_size(&f).map_err(|e| target_err(path, e))?
+            } else {
+                meta.len()
+            };
+            if have < size {
+                return Err(target_err(path, format!("it holds {have} bytes; the volume needs {size}")));
+            }
+            f
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fresh = true;
+            let f = fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(|e| target_err(path, e))?;
+            // Pre-allocate so background hydration never fails for space halfway through.
+            crate::sys::fallocate(&f, 0, 0, size).map_err(|e| target_err(path, format!("pre-allocating {size} bytes: {e}")))?;
+            f
+        }
+        Err(e) => return Err(target_err(path, e)),
+    };
+    let holes = geo.hole_chunks(&info.extents);
+    if !fresh {
+        // `Zero` promises the target reads zeros there: make it so before the map says it.
+        zero_runs(&file, &geo, &holes).map_err(|e| target_err(path, format!("zeroing source holes: {e}")))?;
+    }
+    file.sync_all().map_err(|e| target_err(path, e))?;
+    drop(file);
+    map::file::create(&state::map_path(&cfg.state_dir), &geo, &holes).map_err(|e| state_err(&cfg.state_dir, e))?;
+    let s = SessionState {
+        format: state::STATE_FORMAT,
+        volume: cfg.volume.clone(),
+        volume_size_bytes: size,
+        chunk_size_bytes: cfg.chunk_size_bytes,
+        target: cfg.target.clone(),
+        target_fresh: fresh,
+        phase: Phase::Migrating,
+    };
+    state::store(&cfg.state_dir, &s).map_err(|e| state_err(&cfg.state_dir, e))?;
+    tracing::info!(volume = %s.volume, size, chunks = geo.chunk_count, holes = holes.len(), fresh, "new session");
+    Ok(s)
+}
+
+fn zero_runs(file: &fs::File, geo: &Geometry, chunks: &[u64]) -> std::io::Result<()> {
+    let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    let mut i = 0;
+    while i < chunks.len() {
+        let start = chunks[i];
+        let mut end = start + 1;
+        while i + 1 < chunks.len() && chunks[i + 1] == end {
+            i += 1;
+            end += 1;
+        }
+        i += 1;
+        let off = geo.chunk_offset(start);
+        let len = geo.chunk_offset(end).min(geo.volume_size_bytes) - off;
+        crate::sys::fallocate(file, mode, off, len)?;
+    }
+    Ok(())
+}
+
+/// The target's O_DIRECT granule, which becomes the export's minimum block size.
+fn target_alignment(path: &Path, volume_size: u64) -> Result<u32, FrontendError> {
+    let opts = OpenOptions { read: true, write: true, create: false, direct: true };
+    let f = File::open(path, &opts).map_err(|e| target_err(path, e))?;
+    let align = f.dio_align().offset.max(512) as u64;
+    if volume_size % align != 0 {
+        return Err(target_err(path, format!(
+            "the volume size {volume_size} is not a multiple of the target's O_DIRECT block size {align}"
+        )));
+    }
+    Ok(align as u32)
+}
+
+async fn start_core(
+    core: usize,
+    geo: Geometry,
+    min_block: u32,
+    cfg: &FrontendConfig,
+    session: &SessionState,
+    body: &[u8],
+    ready: Option<impl FnOnce(String)>,
+) -> Result<(), FrontendError> {
+    let direct = OpenOptions { read: true, write: true, create: false, direct: true };
+    let target = File::open(&session.target, &direct).map_err(|e| target_err(&session.target, e))?;
+    let map_path = state::map_path(&cfg.state_dir);
+    let buffered = OpenOptions { read: true, write: true, create: false, direct: false };
+    let map_file = File::open(&map_path, &buffered).map_err(|e| state_err(&cfg.state_dir, e))?;
+    let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 512));
+    let link = |tos| LinkConfig { addr: cfg.backend, volume: cfg.volume.clone(), chunk_size_bytes: geo.chunk_size_bytes, tos };
+    let shard = Rc::new(shard::Shard {
+        id: core,
+        geo,
+        target,
+        map_file,
+        target_fresh: session.target_fresh,
+        map: std::cell::RefCell::new(VolumeMap::from_body(&geo, core, body)),
+        chunks: Default::default(),
+        sync: Default::default(),
+        on_demand: LinkSlot::new(link(None), bufs.clone()),
+        background: LinkSlot::new(link(cfg.background_tos), bufs.clone()),
+        bufs,
+        stats: Default::default(),
+        fetches_in_flight: Default::default(),
+        fetches_changed: Notify::default(),
+        hydration_held: Default::default(),
+        hydration_changed: Notify::default(),
+        background_rate: std::cell::Cell::new(cfg.background_rate),
+    });
+    volume::install_shard(shard.clone());
+    let vol = Rc::new(volume::Volume { name: cfg.volume.clone(), geo, min_block, handle: runtime::core_handle() });
+    volume::install_volume(vol.clone());
+    runtime::spawn(hydrate::run(shard, cfg.hydrate)).detach();
+    if core != 0 {
+        return Ok(());
+    }
+    let listener = match &cfg.nbd {
+        NbdListen::Unix(p) => Listener::bind_unix(p),
+        NbdListen::Tcp(a) => Listener::bind_tcp(*a),
+    }
+    .map_err(|source| FrontendError::Listen { spec: cfg.nbd.to_string(), source })?;
+    if let Some(ready) = ready {
+        ready(match &cfg.nbd {
+            NbdListen::Unix(p) => format!("unix:{}", p.display()),
+            NbdListen::Tcp(_) => format!("tcp:{}", listener.local_addr()),
+        });
+    }
+    runtime::spawn(accept_loop(listener)).detach();
+    Ok(())
+}
+
+/// Hands NBD connections to cores round-robin.
+async fn accept_loop(listener: Listener) {
+    let handle = runtime::core_handle();
+    let mut next = 0usize;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "NBD accept failed");
+                runtime::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if volume::local_gate().is_shut_down() {
+            stream.shutdown();
+            continue;
+        }
+        let core = next % handle.cores();
+        next += 1;
+        if core == runtime::current_core() {
+            runtime::spawn(crate::nbd::serve(stream, volume::local_volume())).detach();
+            continue;
+        }
+        match stream.into_owned_fd() {
+            Ok(fd) => handle.post(core, move || {
+                let s = runtime::Stream::from_owned_fd(fd);
+                runtime::spawn(crate::nbd::serve(s, volume::local_volume())).detach();
+            }),
+            Err(stream) => runtime::spawn(crate::nbd::serve(stream, volume::local_volume())).detach(),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! One core's share of a volume: the chunks it owns, their states, and every change to them.
+//!
+//! Rules that must never break (DESIGN.md, concurrency rules):
+//! 1. Only the owner core touches a chunk's state; other cores send it messages.
+//! 2. Late fetches lose: a whole-chunk write or zeroing of an `Untouched` chunk marks any fetch
+//!    in flight `superseded`, and a fill checks that mark (and that the chunk is still
+//!    `Untouched`) right before it writes the target. While a fill's target write is in flight
+//!    (`filling`), writes to that chunk wait for it.
+//! 3. One fetch per chunk: readers and partial writers of a chunk being fetched wait for that
+//!    fetch (see `fetch.rs`).
+//! 4. Data before metadata: a chunk's live state may change at once, but its durable state only
+//!    moves after the data backing it was `fdatasync`ed (see `sync.rs`).
+//! 5. `Zero` means the target region reads as zeros (fresh target, or zeroed with fallocate),
+//!    so a partial write to a `Zero` chunk needs no fetch and leaves it `Dirty`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use wire_format::state::ChunkState;
+
+use super::error::VolError;
+use super::sync::SyncState;
+use crate::bufs::ChunkBufs;
+use crate::geometry::{Geometry, Piece};
+use crate::link::client::LinkSlot;
+use crate::map::VolumeMap;
+use crate::notify::Notify;
+use crate::runtime::{AlignedBuf, File};
+
+/// Transient per-chunk state, kept only while something is in flight for the chunk.
+#[derive(Default)]
+pub struct ChunkSlot {
+    pub fetching: Cell<bool>,
+    pub superseded: Cell<bool>,
+    pub filling: Cell<bool>,
+    pub ops_in_flight: Cell<u32>,
+    pub fetch_error: RefCell<Option<String>>,
+    pub changed: Notify,
+}
+
+impl ChunkSlot {
+    fn idle(&self) -> bool {
+        !self.fetching.get() && !self.filling.get() && self.ops_in_flight.get() == 0
+    }
+}
+
+#[derive(Default)]
+pub struct ShardStats {
+    pub fetched_chunks_on_demand: Cell<u64>,
+    pub fetched_chunks_background: Cell<u64>,
+    pub fetched_bytes_on_demand: Cell<u64>,
+    pub fetched_bytes_background: Cell<u64>,
+    pub zero_replies: Cell<u64>,
+    pub fetch_failures: Cell<u64>,
+    pub written_back_chunks: Cell<u64>,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub geo: Geometry,
+    pub target: File,
+    pub map_file: File,
+    pub target_fresh: bool,
+    pub map: RefCell<VolumeMap>,
+    pub chunks: RefCell<HashMap<u64, Rc<ChunkSlot>>>,
+    pub sync: SyncState,
+    pub on_demand: LinkSlot,
+    pub background: LinkSlot,
+    pub bufs: Rc<ChunkBufs>,
+    pub stats: ShardStats,
+    /// Chunks with a fetch in flight, and a signal when that count changes.
+    pub fetches_in_flight: Cell<usize>,
+    pub fetches_changed: Notify,
+    /// Set while cutover/abort holds background hydration.
+    pub hydration_held: Cell<bool>,
+    pub hydration_changed: Notify,
+    /// Background rate in bytes/s: `None` unlimited, `Some(0)` paused.
+    pub background_rate: Cell<Option<u64>>,
+}
+
+impl Shard {
+    pub fn state(&self, chunk: u64) -> ChunkState {
+        self.map.borrow().get(chunk)
+    }
+
+    pub fn slot(&self, chunk: u64) -> Rc<ChunkSlot> {
+        self.chunks.borrow_mut().entry(chunk).or_default().clone()
+    }
+
+    pub fn existing_slot(&self, chunk: u64) -> Option<Rc<ChunkSlot>> {
+        self.chunks.borrow().get(&chunk).cloned()
+    }
+
+    /// Forgets the slot once nothing is in flight for the chunk.
+    pub fn release(&self, chunk: u64) {
+        let mut chunks = self.chunks.borrow_mut();
+        if chunks.get(&chunk).is_some_and(|s| s.idle()) {
+            chunks.remove(&chunk);
+        }
+    }
+
+    fn byte_offset(&self, p: &Piece) -> u64 {
+        self.geo.chunk_offset(p.chunk) + u64::from(p.offset_in_chunk)
+    }
+
+    /// Reads one piece into `buf` (resized to the piece), fetching the chunk first if needed.
+    pub async fn read_piece(self: &Rc<Self>, p: Piece, mut buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
+        debug_assert_eq!(self.geo.owner(p.chunk), self.id);
+        buf.set_len(p.len as usize);
+        loop {
+            match self.state(p.chunk) {
+                ChunkState::Untouched => self.ensure_fetched(p.chunk).await?,
+                ChunkState::Zero => {
+                    buf.fill(0);
+                    return Ok(buf);
+                }
+                ChunkState::Present | ChunkState::Dirty => break,
+            }
+        }
+        let offset = self.byte_offset(&p);
+        let (res, buf) = self.target.read_exact_at(buf, offset).await;
+        res.map_err(|e| VolError::target("read", offset, &e))?;
+        Ok(buf)
+    }
+
+    /// Waits until no fill is writing the chunk; a whole-chunk change must not race it.
+    async fn wait_fill(&self, chunk: u64) {
+        while let Some(s) = self.existing_slot(chunk).filter(|s| s.filling.get()) {
+            s.changed.wait().await;
+        }
+    }
+
+    /// Claims `chunk` for a change to `next`: any fetch in flight for it loses. Returns the
+    /// slot (with the op counted) and the state before.
+    fn claim(&self, chunk: u64, next: ChunkState) -> (Rc<ChunkSlot>, ChunkState) {
+        let slot = self.slot(chunk);
+        let prior = self.state(chunk);
+        if prior == ChunkState::Untouched {
+            slot.superseded.set(true);
+        }
+        self.map.borrow_mut().set_live(chunk, next);
+        slot.ops_in_flight.set(slot.ops_in_flight.get() + 1);
+        (slot, prior)
+    }
+
+    /// Ends an op started by `claim`: on success the chunk's new state becomes due for the next
+    /// sync; on failure a chunk that was `Untouched` goes back to `Untouched` (its target region
+    /// may hold a torn write and must not be served).
+    fn finish(&self, chunk: u64, slot: &ChunkSlot, prior: ChunkState, ok: bool) {
+        slot.ops_in_flight.set(slot.ops_in_flight.get() - 1);
+        if ok {
+            self.sync.push(chunk, self.state(chunk));
+        } else if prior == ChunkState::Untouched && slot.ops_in_flight.get() == 0 {
+            self.map.borrow_mut().set_live(chunk, ChunkState::Untouched);
+        }
+        slot.changed.notify_all();
+        self.release(chunk);
+    }
+
+    /// Writes one piece. A partial write of an `Untouched` chunk fetches it first.
+    pub async fn write_piece(self: &Rc<Self>, p: Piece, buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
+        debug_assert_eq!(self.geo.owner(p.chunk), self.id);
+        debug_assert_eq!(buf.len(), p.len as usize);
+        let whole = p.offset_in_chunk == 0 && p.len == self.geo.chunk_len(p.chunk);
+        loop {
+            self.wait_fill(p.chunk).await;
+            if !whole && self.state(p.chunk) == ChunkState::Untouched {
+                self.ensure_fetched(p.chunk).await?;
+                continue;
+            }
+            break;
+        }
+        let (slot, prior) = self.claim(p.chunk, ChunkState::Dirty);
+        let offset = self.byte_offset(&p);
+        let (res, buf) = self.target.write_all_at(buf, offset).await;
+        self.finish(p.chunk, &slot, prior, res.is_ok());
+        res.map_err(|e| VolError::target("write", offset, &e))?;
+        Ok(buf)
+    }
+
+    /// Zeroes one piece (NBD WRITE_ZEROES or TRIM). A whole chunk becomes `Zero` with no
+    /// transfer; a partial WRITE_ZEROES is a write of zeros; a partial TRIM is a no-op, which
+    /// the NBD spec allows.
+    pub async fn zero_piece(self: &Rc<Self>, p: Piece, trim: bool, scratch: AlignedBuf) -> Result<AlignedBuf, VolError> {
+        let whole = p.offset_in_chunk == 0 && p.len == self.geo.chunk_len(p.chunk);
+        if !whole {
+            if trim {
+                return Ok(scratch);
+            }
+            let mut buf = scratch;
+            buf.set_len(p.len as usize);
+            buf.fill(0);
+            return self.write_piece(p, buf).await;
+        }
+        self.wait_fill(p.chunk).await;
+        if self.state(p.chunk) == ChunkState::Zero {
+            return Ok(scratch);
+        }
+        let (slot, prior) = self.claim(p.chunk, ChunkState::Zero);
+        let already_zero = prior == ChunkState::Untouched && self.target_fresh;
+        let offset = self.byte_offset(&p);
+        let res = if already_zero { Ok(()) } else { self.zero_target(offset, u64::from(p.len), scratch_len(&scratch)).await };
+        self.finish(p.chunk, &slot, prior, res.is_ok());
+        res.map_err(|e| VolError::target("zero", offset, &e))?;
+        Ok(scratch)
+    }
+
+    /// Makes a target range read as zeros: fallocate(ZERO_RANGE), or zero writes where the
+    /// file system or device has no ZERO_RANGE.
+    pub async fn zero_target(&self, offset: u64, len: u64, piece_max: usize) -> std::io::Result<()> {
+        let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        match self.target.fallocate(mode, offset, len).await {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            other => return other,
+        }
+        let piece = piece_max.max(4096) as u64;
+        let mut buf = AlignedBuf::new(piece as usize);
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = piece.min(offset + len - pos);
+            buf.set_len(n as usize);
+            buf.fill(0);
+            let (res, b) = self.target.write_all_at(buf, pos).await;
+            buf = b;
+            res?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Live counts of this shard's chunks per state.
+    pub fn counts(&self) -> [u64; 4] {
+        let m = self.map.borrow();
+        [
+            m.count(ChunkState::Untouched),
+            m.count(ChunkState::Present),
+            m.count(ChunkState::Dirty),
+            m.count(ChunkState::Zero),
+        ]
+    }
+}
+
+fn scratch_len(b: &AlignedBuf) -> usize {
+    b.capacity()
+}

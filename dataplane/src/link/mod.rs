@@ -1,0 +1,30 @@
+//! Links between frontend and backend over the Ferry wire protocol (`wire_format::frame`).
+//!
+//! * [`reader`]: turns a byte stream into checked frames (crc32c verified before anything is
+//!   used; a bad frame ends the link — its data is never stored).
+//! * [`client`]: the frontend's side of one connection: requests with ids, replies routed back
+//!   to the task that asked.
+//! * [`blocking`]: a small std-IO client used once at start-up to learn the volume's geometry.
+
+pub mod blocking;
+pub mod client;
+pub mod reader;
+
+use wire_format::frame::{ErrorCode, WireError};
+
+/// Capabilities bits announced in Hello (none defined in v1).
+pub const CAPABILITIES: u64 = 0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("backend link: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend link: corrupt or invalid frame: {0}")]
+    Wire(#[from] WireError),
+    #[error("backend link closed by the peer")]
+    Closed,
+    #[error("backend link: protocol violation: {0}")]
+    Protocol(String),
+    #[error("backend refused: {code:?}: {message}")]
+    Remote { code: ErrorCode, message: String },
+}

@@ -1,0 +1,172 @@
+//! Driving the `ferry` binary through its command line, as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::child::{run_capture, Proc};
+
+/// The export (and backend volume) name used by every run.
+pub const VOLUME: &str = "vol";
+
+/// How long a server gets to print its readiness line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+const BACKEND_READY: &str = "ferry backend listening on ";
+const FRONTEND_READY: &str = "ferry frontend serving ";
+
+/// Flags passed through to `ferry backend` / `ferry frontend` (only those given).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tuning {
+    pub chunk_size: Option<String>,
+    pub frontend_cores: Option<usize>,
+    pub backend_cores: Option<usize>,
+    pub batch_chunks: Option<usize>,
+    pub background_in_flight: Option<usize>,
+}
+
+/// The fields of `ferry status --json` the benchmark reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub state: String,
+    pub chunks_total: u64,
+    pub chunks_untouched: u64,
+    #[serde(default)]
+    pub chunks_present: u64,
+    #[serde(default)]
+    pub chunks_zero: u64,
+    #[serde(default)]
+    pub fetched_bytes_background: u64,
+    #[serde(default)]
+    pub fetched_bytes_on_demand: u64,
+}
+
+/// Where the `ferry` binary is: `--ferry`, else next to this benchmark when it is a
+/// release build (that covers `CARGO_TARGET_DIR`), else `target/release/ferry` in the
+/// workspace.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!("--ferry {}: no such file", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    if let Ok(me) = std::env::current_exe() {
+        if let Some(dir) = me
+            .parent()
+            .filter(|d| d.file_name().is_some_and(|n| n == "release"))
+        {
+            let sibling = dir.join("ferry");
+            if sibling.is_file() {
+                return Ok(sibling);
+            }
+        }
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let default = workspace.join("target/release/ferry");
+    if default.is_file() {
+        return Ok(default.canonicalize()?);
+    }
+    bail!(
+        "no ferry binary at {}: run `cargo build --release` in {} first, or pass --ferry PATH",
+        default.display(),
+        workspace
+            .canonicalize()
+            .unwrap_or(workspace.clone())
+            .display()
+    )
+}
+
+pub struct Ferry {
+    pub bin: PathBuf,
+    pub tuning: Tuning,
+}
+
+impl Ferry {
+    /// Starts `ferry backend` on a free loopback port; returns it with its address.
+    pub fn start_backend(&self, source: &Path, log: &Path) -> Result<(Proc, String)> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["backend", "--listen", "127.0.0.1:0", "--volume"])
+            .arg(format!("{VOLUME}={}", source.display()));
+        if let Some(n) = self.tuning.backend_cores {
+            cmd.arg("--cores").arg(n.to_string());
+        }
+        let mut p = Proc::spawn("ferry backend", &mut cmd, log, true)?;
+        let addr = p.wait_line(BACKEND_READY, READY_TIMEOUT)?;
+        if addr.is_empty() {
+            bail!("ferry backend printed no address after {BACKEND_READY:?}");
+        }
+        Ok((p, addr))
+    }
+
+    /// Starts `ferry frontend` without waiting: hydration time counts from here.
+    pub fn spawn_frontend(
+        &self,
+        backend: &str,
+        target: &Path,
+        state_dir: &Path,
+        socket: &Path,
+        log: &Path,
+    ) -> Result<Proc> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "frontend",
+            "--backend",
+            backend,
+            "--volume",
+            VOLUME,
+            "--target",
+        ])
+        .arg(target)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--nbd")
+        .arg(format!("unix:{}", socket.display()));
+        let t = &self.tuning;
+        if let Some(c) = &t.chunk_size {
+            cmd.args(["--chunk-size", c]);
+        }
+        if let Some(n) = t.frontend_cores {
+            cmd.arg("--cores").arg(n.to_string());
+        }
+        if let Some(n) = t.batch_chunks {
+            cmd.arg("--batch-chunks").arg(n.to_string());
+        }
+        if let Some(n) = t.background_in_flight {
+            cmd.arg("--background-in-flight").arg(n.to_string());
+        }
+        Proc::spawn("ferry frontend", &mut cmd, log, true)
+    }
+
+    /// Waits until the frontend says its export accepts connections.
+    pub fn wait_serving(frontend: &mut Proc) -> Result<()> {
+        frontend
+            .wait_line(FRONTEND_READY, READY_TIMEOUT)
+            .map(|_| ())
+    }
+
+    /// `ferry status --state-dir DIR --json`.
+    pub fn status(&self, state_dir: &Path) -> Result<Status> {
+        let out = run_capture(
+            Command::new(&self.bin)
+                .args(["status", "--json", "--state-dir"])
+                .arg(state_dir),
+            Duration::from_secs(30),
+        )?;
+        serde_json::from_str(&out).map_err(|e| anyhow!("ferry status --json: {e}: {out:?}"))
+    }
+
+    /// `ferry --version`, for the report.
+    pub fn version(&self) -> String {
+        run_capture(
+            Command::new(&self.bin).arg("--version"),
+            Duration::from_secs(10),
+        )
+        .map(|s| s.trim().to_string())
+        .with_context(|| format!("{} --version", self.bin.display()))
+        .unwrap_or_else(|e| format!("unknown ({e:#})"))
+    }
+}

@@ -1,0 +1,424 @@
+//! What a run found: the numbers, the ratios and goals, as markdown and JSON, and the
+//! results section of `perf/RESULTS.md`.
+//!
+//! Ratios are always ferry / peer, so for throughput and IOPS bigger is better and for
+//! latency smaller is better. Medians are taken per metric over the repetitions.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::ferry::Tuning;
+use crate::fio::FioRun;
+use crate::hydrate::FerryHydration;
+use crate::system::Machine;
+
+pub const HYDRATION_GOAL: f64 = 0.8;
+pub const IOPS_GOAL: f64 = 1.0;
+pub const P50_GOAL: f64 = 1.1;
+
+/// Everything above this line in RESULTS.md is kept; everything below is rewritten.
+pub const RESULTS_MARKER: &str =
+    "<!-- ferry-perf: everything below is rewritten by `ferry-perf --results` -->";
+
+/// The explanatory head of `perf/RESULTS.md`, written when the file has no marker yet.
+pub const RESULTS_HEADER: &str = include_str!("results_header.md");
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    /// The command that reproduces this run.
+    pub reproduce: String,
+    pub quick: bool,
+    pub ferry: Option<FerryInfo>,
+    pub size_bytes: u64,
+    pub source: String,
+    pub page_cache_dropped: bool,
+    pub runtime_s: u64,
+    pub repeat: usize,
+    pub hydration: Hydration,
+    pub serving: Serving,
+    pub memory: Memory,
+    pub verdicts: Vec<Verdict>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FerryInfo {
+    pub binary: String,
+    pub version: String,
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Hydration {
+    pub fio_read_command: String,
+    pub fio_write_command: String,
+    pub fio_read: Vec<FioRun>,
+    pub fio_write: Vec<FioRun>,
+    pub ferry: Vec<FerryHydration>,
+    pub fio_read_bytes_per_s: f64,
+    pub fio_write_bytes_per_s: f64,
+    pub ferry_bytes_per_s: Option<f64>,
+    pub ratio_to_slower_fio: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Serving {
+    pub served_file: String,
+    pub qemu_nbd_command: String,
+    pub jobs: Vec<ServingJob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServingJob {
+    pub key: String,
+    pub label: String,
+    pub fio_command: String,
+    pub servers: Vec<ServerResult>,
+    pub ratio: Option<Ratios>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerResult {
+    pub name: String,
+    pub median: Median,
+    pub runs: Vec<FioRun>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Median {
+    pub iops: f64,
+    pub bytes_per_s: f64,
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_p999: f64,
+}
+
+/// ferry / qemu-nbd.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ratios {
+    pub iops: f64,
+    pub bytes_per_s: f64,
+    pub latency_p50: f64,
+    pub latency_p99: f64,
+    pub latency_p999: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Memory {
+    pub frontend_hydration_peak_rss_kib: Option<u64>,
+    pub backend_hydration_peak_rss_kib: Option<u64>,
+    pub frontend_serving_peak_rss_kib: Option<u64>,
+    pub qemu_nbd_serving_peak_rss_kib: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub goal: String,
+    /// None: not measured in this run.
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Median {
+    pub fn of(runs: &[FioRun]) -> Median {
+        let m = |f: fn(&FioRun) -> f64| median(runs.iter().map(f).collect());
+        Median {
+            iops: m(|r| r.iops),
+            bytes_per_s: m(|r| r.bytes_per_s),
+            latency_us_p50: m(|r| r.latency.map_or(0.0, |l| l.latency_us_p50)),
+            latency_us_p99: m(|r| r.latency.map_or(0.0, |l| l.latency_us_p99)),
+            latency_us_p999: m(|r| r.latency.map_or(0.0, |l| l.latency_us_p999)),
+        }
+    }
+}
+
+impl Ratios {
+    pub fn of(ferry: &Median, peer: &Median) -> Ratios {
+        let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        Ratios {
+            iops: r(ferry.iops, peer.iops),
+            bytes_per_s: r(ferry.bytes_per_s, peer.bytes_per_s),
+            latency_p50: r(ferry.latency_us_p50, peer.latency_us_p50),
+            latency_p99: r(ferry.latency_us_p99, peer.latency_us_p99),
+            latency_p999: r(ferry.latency_us_p999, peer.latency_us_p999),
+        }
+    }
+}
+
+pub fn verdicts(h: &Hydration, s: &Serving) -> Vec<Verdict> {
+    let mib = |b: f64| b / (1 << 20) as f64;
+    let mut v = Vec::new();
+    let hydration_goal = format!("hydration >= {HYDRATION_GOAL} x the slower fio rate");
+    v.push(match (h.ferry_bytes_per_s, h.ratio_to_slower_fio) {
+        (Some(f), Some(r)) => Verdict {
+            goal: hydration_goal,
+            met: Some(r >= HYDRATION_GOAL),
+            detail: format!(
+                "{r:.2} (ferry {:.0} MiB/s; fio read {:.0} MiB/s, fio write {:.0} MiB/s)",
+                mib(f),
+                mib(h.fio_read_bytes_per_s),
+                mib(h.fio_write_bytes_per_s)
+            ),
+        },
+        _ => Verdict {
+            goal: hydration_goal,
+            met: None,
+            detail: "ferry was not run".into(),
+        },
+    });
+    let per_job = |goal: String, pick: fn(&Ratios) -> f64, ok: fn(f64) -> bool| {
+        let measured: Vec<(&str, f64)> = s
+            .jobs
+            .iter()
+            .filter_map(|j| j.ratio.map(|r| (j.key.as_str(), pick(&r))))
+            .collect();
+        if measured.is_empty() {
+            return Verdict {
+                goal,
+                met: None,
+                detail: "ferry was not run".into(),
+            };
+        }
+        let met = measured.iter().all(|(_, r)| ok(*r));
+        let detail = measured
+            .iter()
+            .map(|(k, r)| format!("{k} {r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Verdict {
+            goal,
+            met: Some(met),
+            detail,
+        }
+    };
+    v.push(per_job(
+        format!("serving IOPS >= {IOPS_GOAL:.1} x qemu-nbd, every job"),
+        |r| r.iops,
+        |r| r >= IOPS_GOAL,
+    ));
+    v.push(per_job(
+        format!("serving p50 latency <= {P50_GOAL} x qemu-nbd, every job"),
+        |r| r.latency_p50,
+        |r| r <= P50_GOAL,
+    ));
+    v
+}
+
+fn mib_s(b: f64) -> String {
+    format!("{:.0}", b / (1 << 20) as f64)
+}
+
+fn mib_kib(k: Option<u64>) -> String {
+    k.map_or("n/a".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("n/a".into(), |r| format!("**{r:.2}**"))
+}
+
+fn human_size(b: u64) -> String {
+    if b >= 1 << 30 && b & ((1 << 30) - 1) == 0 {
+        format!("{} GiB", b >> 30)
+    } else {
+        format!("{} MiB", b >> 20)
+    }
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            o,
+            "## Results of {}{}\n",
+            m.date_utc,
+            if self.quick {
+                " (--quick: short, small run; indicative only)"
+            } else {
+                ""
+            }
+        );
+        if self.ferry.is_none() {
+            let _ = writeln!(o, "**Ferry was not run (`--without-ferry`): peers only, no ratios. qemu-nbd served the source file.**\n");
+        }
+        let _ = writeln!(
+            o,
+            "* Reproduce (as root, from the workspace root): `{}`",
+            self.reproduce
+        );
+        let _ = writeln!(
+            o,
+            "* Kernel {}; CPU {} x {}; RAM {} MiB",
+            m.kernel, m.cpus, m.cpu_model, m.mem_total_mib
+        );
+        let _ = writeln!(o, "* {}; {}", m.fio_version, m.qemu_nbd_version);
+        if let Some(f) = &self.ferry {
+            let _ = writeln!(o, "* ferry: `{}` ({})", f.binary, f.version);
+        }
+        let _ = writeln!(o, "* Work directory {} on {}", m.work_dir, m.work_dir_fs);
+        let _ = writeln!(
+            o,
+            "* Volume: {} of {}",
+            human_size(self.size_bytes),
+            self.source
+        );
+        let _ = writeln!(
+            o,
+            "* Page cache dropped before every run: {}",
+            if self.page_cache_dropped {
+                "yes"
+            } else {
+                "**no** (not root?): the source read may come from RAM"
+            }
+        );
+        let _ = writeln!(
+            o,
+            "* {} round(s) of everything, interleaved; medians shown; serving jobs {} s each\n",
+            self.repeat, self.runtime_s
+        );
+
+        let h = &self.hydration;
+        let _ = writeln!(o, "### (a) Hydration throughput\n");
+        let _ = writeln!(o, "| what | MiB/s (median) | rounds |");
+        let _ = writeln!(o, "|---|---:|---|");
+        let rounds = |v: Vec<f64>| v.iter().map(|b| mib_s(*b)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            o,
+            "| fio sequential O_DIRECT read of the source | {} | {} |",
+            mib_s(h.fio_read_bytes_per_s),
+            rounds(h.fio_read.iter().map(|r| r.bytes_per_s).collect())
+        );
+        let _ = writeln!(
+            o,
+            "| fio sequential O_DIRECT write of a new file | {} | {} |",
+            mib_s(h.fio_write_bytes_per_s),
+            rounds(h.fio_write.iter().map(|r| r.bytes_per_s).collect())
+        );
+        if let Some(f) = h.ferry_bytes_per_s {
+            let secs = h
+                .ferry
+                .iter()
+                .map(|r| format!("{:.2} s", r.elapsed_s))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(o, "| ferry backend + frontend, frontend start to `chunks_untouched == 0` | {} | {} ({secs}) |", mib_s(f), rounds(h.ferry.iter().map(|r| r.bytes_per_s).collect()));
+        }
+        let _ = writeln!(
+            o,
+            "| **ratio ferry / slower fio** (goal >= {HYDRATION_GOAL}) | {} | |\n",
+            ratio(h.ratio_to_slower_fio)
+        );
+        let _ = writeln!(
+            o,
+            "fio: `{}` and `{}`\n",
+            h.fio_read_command, h.fio_write_command
+        );
+
+        let s = &self.serving;
+        let _ = writeln!(
+            o,
+            "### (b) Serving a fully migrated volume (fio nbd engine, unix socket)\n"
+        );
+        let _ = writeln!(
+            o,
+            "| job | server | IOPS | MiB/s | p50 us | p99 us | p99.9 us | IOPS per round |"
+        );
+        let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---|");
+        for j in &s.jobs {
+            for (i, sv) in j.servers.iter().enumerate() {
+                let label = if i == 0 { j.label.as_str() } else { "" };
+                let md = &sv.median;
+                let _ = writeln!(
+                    o,
+                    "| {label} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                    sv.name,
+                    md.iops,
+                    md.bytes_per_s / (1 << 20) as f64,
+                    md.latency_us_p50,
+                    md.latency_us_p99,
+                    md.latency_us_p999,
+                    sv.runs
+                        .iter()
+                        .map(|r| format!("{:.0}", r.iops))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if let Some(r) = j.ratio {
+                let _ = writeln!(
+                    o,
+                    "| | **ferry / qemu-nbd** | **{:.2}** | {:.2} | **{:.2}** | {:.2} | {:.2} | |",
+                    r.iops, r.bytes_per_s, r.latency_p50, r.latency_p99, r.latency_p999
+                );
+            }
+        }
+        let _ = writeln!(o, "\nLatency: completion latency of every IO (fio `--write_lat_log --log_avg_msec=0`) in an hdrhistogram (3 significant digits); median over rounds.");
+        let _ = writeln!(o, "qemu-nbd: `{}`", s.qemu_nbd_command);
+        if let Some(j) = s.jobs.first() {
+            let _ = writeln!(o, "fio, e.g.: `{}`\n", j.fio_command);
+        }
+
+        let mm = &self.memory;
+        let _ = writeln!(o, "### (c) Peak RSS (VmHWM)\n");
+        let _ = writeln!(o, "| process | during | MiB |");
+        let _ = writeln!(o, "|---|---|---:|");
+        let _ = writeln!(
+            o,
+            "| ferry frontend | (a) hydration | {} |",
+            mib_kib(mm.frontend_hydration_peak_rss_kib)
+        );
+        let _ = writeln!(
+            o,
+            "| ferry backend | (a) hydration | {} |",
+            mib_kib(mm.backend_hydration_peak_rss_kib)
+        );
+        let _ = writeln!(
+            o,
+            "| ferry frontend | (b) serving (peak reset with clear_refs before (b)) | {} |",
+            mib_kib(mm.frontend_serving_peak_rss_kib)
+        );
+        let _ = writeln!(
+            o,
+            "| qemu-nbd | (b) serving | {} |\n",
+            mib_kib(mm.qemu_nbd_serving_peak_rss_kib)
+        );
+
+        let _ = writeln!(o, "### Verdicts\n");
+        for v in &self.verdicts {
+            let met = match v.met {
+                Some(true) => "**met**",
+                Some(false) => "**NOT met**",
+                None => "not measured",
+            };
+            let _ = writeln!(o, "* {}: {met} — {}", v.goal, v.detail);
+        }
+        o
+    }
+
+    /// Rewrites the results section of `path`, keeping everything up to the marker.
+    pub fn write_results(&self, path: &Path) -> Result<()> {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let head = match old.find(RESULTS_MARKER) {
+            Some(i) => old[..i].to_string(),
+            None => RESULTS_HEADER.to_string(),
+        };
+        let text = format!("{head}{RESULTS_MARKER}\n\n{}", self.markdown());
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+    }
+}

@@ -1,0 +1,174 @@
+//! A fake Ferry backend: speaks the wire protocol (`wire_format::frame`) correctly up to
+//! the first `Fetch`, then answers with a deliberate fault. Every chunk of its volume is
+//! data (one extent covering the volume), so every read must be fetched.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use wire_format::frame::{ErrorCode, Frame, Header, HEADER_LEN};
+
+/// What the fake does to `ChunkData` replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// ChunkData with its last payload byte flipped after the crc was computed.
+    BadCrc,
+    /// The first half of a ChunkData frame, then the connection is closed.
+    Truncated,
+}
+
+/// Byte every fake chunk is filled with (before the fault).
+pub const FILL: u8 = 0xab;
+
+pub struct FakeBackend {
+    pub addr: String,
+    /// Chunks asked for in `Fetch` frames, over all connections.
+    pub fetches: Arc<AtomicUsize>,
+}
+
+#[derive(Clone, Copy)]
+struct Cfg {
+    fault: Fault,
+    size: u64,
+    chunk_size: u32,
+}
+
+impl FakeBackend {
+    /// Listens on 127.0.0.1:0; serves each connection on its own thread until the
+    /// process exits.
+    pub fn start(fault: Fault, size: u64, chunk_size: u32) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let f2 = fetches.clone();
+        let cfg = Cfg {
+            fault,
+            size,
+            chunk_size,
+        };
+        thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let f3 = f2.clone();
+                thread::spawn(move || serve(s, cfg, &f3));
+            }
+        });
+        FakeBackend { addr, fetches }
+    }
+}
+
+enum Reply {
+    Bytes(Vec<u8>),
+    BytesThenClose(Vec<u8>),
+}
+
+fn serve(mut s: TcpStream, cfg: Cfg, fetches: &AtomicUsize) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 65536];
+    loop {
+        // Answer every whole frame in the buffer, then read more. (Not
+        // `frame::decode_from`: it does not return the request id replies must echo.)
+        while let Some(head) = buf.first_chunk::<HEADER_LEN>() {
+            let h = match Header::decode(head) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("fake backend: bad frame header from the frontend: {e}");
+                    return;
+                }
+            };
+            let total = HEADER_LEN + h.payload_len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let reply = match Frame::decode(&h, &buf[HEADER_LEN..total]) {
+                Ok(f) => respond(h.id, &f, cfg, fetches),
+                Err(e) => {
+                    eprintln!("fake backend: bad frame from the frontend: {e}");
+                    return;
+                }
+            };
+            buf.drain(..total);
+            match reply {
+                Reply::Bytes(b) => {
+                    if s.write_all(&b).is_err() {
+                        return;
+                    }
+                }
+                Reply::BytesThenClose(b) => {
+                    let _ = s.write_all(&b);
+                    return;
+                }
+            }
+        }
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+fn respond(id: u64, f: &Frame<'_>, cfg: Cfg, fetches: &AtomicUsize) -> Reply {
+    let mut out = Vec::new();
+    match f {
+        Frame::Hello { .. } => {
+            Frame::HelloAck {
+                version: 1,
+                capabilities: 0,
+            }
+            .encode(id, &mut out)
+            .unwrap();
+        }
+        Frame::Open { chunk_size, .. } if *chunk_size == cfg.chunk_size => {
+            Frame::OpenOk {
+                handle: 1,
+                size: cfg.size,
+                chunk_size: cfg.chunk_size,
+                extent_frames: 1,
+            }
+            .encode(id, &mut out)
+            .unwrap();
+            Frame::Extents {
+                handle: 1,
+                extents: vec![(0, cfg.size)],
+            }
+            .encode(id, &mut out)
+            .unwrap();
+        }
+        Frame::Fetch { handle, chunks, .. } => {
+            fetches.fetch_add(chunks.len(), Ordering::SeqCst);
+            let data = vec![FILL; cfg.chunk_size as usize];
+            for &chunk in chunks {
+                let start = out.len();
+                Frame::ChunkData {
+                    handle: *handle,
+                    chunk,
+                    data: &data,
+                }
+                .encode(id, &mut out)
+                .unwrap();
+                match cfg.fault {
+                    Fault::BadCrc => {
+                        let last = out.len() - 1;
+                        out[last] ^= 0x01;
+                    }
+                    Fault::Truncated => {
+                        out.truncate(start + (out.len() - start) / 2);
+                        return Reply::BytesThenClose(out);
+                    }
+                }
+            }
+        }
+        other => {
+            eprintln!("fake backend: unexpected frame {other:?}");
+            Frame::Error {
+                code: ErrorCode::InvalidRequest,
+                message: "fake backend: unexpected frame",
+            }
+            .encode(id, &mut out)
+            .unwrap();
+        }
+    }
+    Reply::Bytes(out)
+}

@@ -1,0 +1,1067 @@
+//! Ferry wire protocol v1, spoken between the backend (near the source) and the frontend
+//! (near the target).
+//!
+//! # Layout
+//!
+//! All integers are big-endian. Every frame is a 24-byte [`Header`] followed by a payload
+//! of `payload_len` bytes:
+//!
+//! ```text
+//! 0..4   magic 0x4652_5931 ("FRY1")
+//! 4      version u8 = 1
+//! 5      kind u8 (Kind::code)
+//! 6..8   flags u16, must be 0 in v1
+//! 8..16  request id u64 (replies echo the request's id)
+//! 16..20 payload length u32 (<= MAX_PAYLOAD)
+//! 20..24 crc32c over header bytes 0..20 followed by the whole payload
+//! ```
+//!
+//! Strings are a u16 length followed by that many UTF-8 bytes, each with its own bound
+//! ([`MAX_AGENT_LEN`], [`MAX_NAME_LEN`], [`MAX_MESSAGE_LEN`]); bools are a u8 0/1.
+//! The payload of each [`Kind`] is documented on the [`Frame`] variant.
+//!
+//! # Rules
+//!
+//! * A payload must be consumed exactly: bytes left over are [`WireError::TrailingBytes`].
+//! * Counts (extents, chunks) are checked against their limit and against the bytes present
+//!   before the `Vec` is allocated, so a frame never costs more memory than its own size.
+//! * The crc covers the header too, so a flipped kind, id or length is caught as well as a
+//!   flipped data byte. It is checked before the payload is parsed.
+//! * [`ErrorCode`] keeps unknown codes as [`ErrorCode::Other`] instead of rejecting them,
+//!   so a newer peer may add error codes without breaking an older one: the older one still
+//!   sees "an error", with the number to log.
+
+use crate::cursor::Reader;
+use thiserror::Error;
+
+/// "FRY1".
+pub const MAGIC: u32 = 0x4652_5931;
+/// The only protocol version this crate speaks; see the crate docs for the version rule.
+pub const VERSION: u8 = 1;
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 24;
+/// Largest data block carried by `ChunkData` / `WriteBack` (one chunk of the largest size).
+pub const MAX_DATA_LEN: usize = 1 << 20;
+/// Largest payload a header may announce: one maximal chunk plus room for fixed fields.
+pub const MAX_PAYLOAD: u32 = (1 << 20) + 4096;
+/// Most chunks one `Fetch` may ask for.
+pub const MAX_FETCH_CHUNKS: usize = 1024;
+/// Most extents one `Extents` frame may carry (65536 × 16 bytes = 1 MiB, fits MAX_PAYLOAD).
+pub const MAX_EXTENTS_PER_FRAME: usize = 65536;
+/// Longest `Hello::agent`, in bytes.
+pub const MAX_AGENT_LEN: usize = 64;
+/// Longest `Open::name`, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest error message (`ChunkError`, `Error`), in bytes.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// Header bytes covered by the crc (everything before the crc itself).
+const CRC_COVERED_LEN: usize = 20;
+/// `handle u32` + `chunk/offset u64` in front of bulk data.
+const BULK_PREFIX_LEN: usize = 12;
+
+/// Errors from decoding or encoding Ferry frames.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The first four bytes are not "FRY1": not a Ferry peer, or the stream lost framing.
+    #[error("bad frame magic {0:#010x}, expected {MAGIC:#010x} (\"FRY1\")")]
+    BadMagic(u32),
+    /// The header's version byte is not [`VERSION`].
+    #[error("unsupported wire protocol version {0}, this side speaks {VERSION}")]
+    UnsupportedVersion(u8),
+    /// Flags are reserved in v1 and must be zero.
+    #[error("frame flags {0:#06x} set, must be 0 in protocol v1")]
+    BadFlags(u16),
+    /// The kind byte has no assigned meaning.
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    /// A payload longer than the protocol allows (announced or about to be encoded).
+    #[error("frame payload of {len} bytes exceeds the maximum of {max}")]
+    PayloadTooLarge {
+        /// Announced or computed payload length.
+        len: u64,
+        /// The limit it broke.
+        max: u64,
+    },
+    /// The crc32c in the header does not match the header and payload.
+    #[error("frame checksum mismatch: header says {expected:#010x}, bytes give {actual:#010x}")]
+    ChecksumMismatch {
+        /// The crc carried in the header.
+        expected: u32,
+        /// The crc computed over the received bytes.
+        actual: u32,
+    },
+    /// The payload ended before a field it must contain.
+    #[error("frame truncated while reading {what}")]
+    Truncated {
+        /// The field that did not fit.
+        what: &'static str,
+    },
+    /// The payload has bytes after the last field of its kind.
+    #[error("trailing bytes after a {kind:?} payload")]
+    TrailingBytes {
+        /// Kind of the frame.
+        kind: Kind,
+    },
+    /// A field holds a value the protocol forbids.
+    #[error("invalid frame: {what}")]
+    Invalid {
+        /// What is wrong, e.g. "agent string too long".
+        what: &'static str,
+    },
+}
+
+/// Frame kind: the byte at header offset 5. Codes are stable; never reorder-derive them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// 0x01, frontend → backend, first frame of a connection.
+    Hello,
+    /// 0x02, backend → frontend, answer to Hello.
+    HelloAck,
+    /// 0x03, open a volume by name.
+    Open,
+    /// 0x04, answer to Open.
+    OpenOk,
+    /// 0x05, provisioned extents of an opened volume.
+    Extents,
+    /// 0x06, ask for chunks.
+    Fetch,
+    /// 0x07, a chunk's data.
+    ChunkData,
+    /// 0x08, a chunk that reads as zeroes.
+    ChunkZero,
+    /// 0x09, a chunk that could not be read.
+    ChunkError,
+    /// 0x0A, write data back to the source (abort).
+    WriteBack,
+    /// 0x0B, write zeroes back to the source.
+    WriteZeroes,
+    /// 0x0C, make written-back data durable on the source.
+    Sync,
+    /// 0x0D, success answer to WriteBack / WriteZeroes / Sync.
+    Ack,
+    /// 0x0E, failure answer to any request.
+    Error,
+}
+
+impl Kind {
+    /// Every kind, in code order.
+    pub const ALL: [Kind; 14] = [
+        Kind::Hello,
+        Kind::HelloAck,
+        Kind::Open,
+        Kind::OpenOk,
+        Kind::Extents,
+        Kind::Fetch,
+        Kind::ChunkData,
+        Kind::ChunkZero,
+        Kind::ChunkError,
+        Kind::WriteBack,
+        Kind::WriteZeroes,
+        Kind::Sync,
+        Kind::Ack,
+        Kind::Error,
+    ];
+
+    /// The stable wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::Hello => 0x01,
+            Kind::HelloAck => 0x02,
+            Kind::Open => 0x03,
+            Kind::OpenOk => 0x04,
+            Kind::Extents => 0x05,
+            Kind::Fetch => 0x06,
+            Kind::ChunkData => 0x07,
+            Kind::ChunkZero => 0x08,
+            Kind::ChunkError => 0x09,
+            Kind::WriteBack => 0x0A,
+            Kind::WriteZeroes => 0x0B,
+            Kind::Sync => 0x0C,
+            Kind::Ack => 0x0D,
+            Kind::Error => 0x0E,
+        }
+    }
+
+    /// The kind with wire code `code`, if one is assigned.
+    pub fn from_code(code: u8) -> Option<Kind> {
+        Some(match code {
+            0x01 => Kind::Hello,
+            0x02 => Kind::HelloAck,
+            0x03 => Kind::Open,
+            0x04 => Kind::OpenOk,
+            0x05 => Kind::Extents,
+            0x06 => Kind::Fetch,
+            0x07 => Kind::ChunkData,
+            0x08 => Kind::ChunkZero,
+            0x09 => Kind::ChunkError,
+            0x0A => Kind::WriteBack,
+            0x0B => Kind::WriteZeroes,
+            0x0C => Kind::Sync,
+            0x0D => Kind::Ack,
+            0x0E => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Priority class of a `Fetch` (DESIGN.md data path rule 1: on-demand overtakes background).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// 1: a workload read is waiting for these chunks.
+    OnDemand,
+    /// 2: background hydration.
+    Background,
+}
+
+impl Class {
+    /// The stable wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            Class::OnDemand => 1,
+            Class::Background => 2,
+        }
+    }
+
+    /// The class with wire code `code`; unknown codes are rejected by the decoder.
+    pub fn from_code(code: u8) -> Option<Class> {
+        match code {
+            1 => Some(Class::OnDemand),
+            2 => Some(Class::Background),
+            _ => None,
+        }
+    }
+}
+
+/// Error code carried by `ChunkError` and `Error` frames.
+///
+/// Unknown codes decode as [`ErrorCode::Other`] rather than failing the frame (forward
+/// compatibility: a newer peer may add codes). `Other` should hold an unassigned code;
+/// `Other(1)` is encoded as 1 and therefore decodes as `NotFound` — use
+/// [`ErrorCode::from_code`] to build values from numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 1: no such volume / handle.
+    NotFound,
+    /// 2: the request is malformed or not valid in this state.
+    InvalidRequest,
+    /// 3: the storage failed.
+    Io,
+    /// 4: offset/chunk beyond the end of the volume.
+    OutOfRange,
+    /// 5: the peer does not implement this.
+    Unsupported,
+    /// 6: the volume cannot be written.
+    ReadOnly,
+    /// 7: try again later.
+    Busy,
+    /// 8: no common protocol version (answer to Hello).
+    VersionMismatch,
+    /// Any other code, kept as received.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The stable wire code.
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorCode::NotFound => 1,
+            ErrorCode::InvalidRequest => 2,
+            ErrorCode::Io => 3,
+            ErrorCode::OutOfRange => 4,
+            ErrorCode::Unsupported => 5,
+            ErrorCode::ReadOnly => 6,
+            ErrorCode::Busy => 7,
+            ErrorCode::VersionMismatch => 8,
+            ErrorCode::Other(c) => c,
+        }
+    }
+
+    /// The error code for wire code `code`; never fails (unknown → `Other`).
+    pub fn from_code(code: u16) -> ErrorCode {
+        match code {
+            1 => ErrorCode::NotFound,
+            2 => ErrorCode::InvalidRequest,
+            3 => ErrorCode::Io,
+            4 => ErrorCode::OutOfRange,
+            5 => ErrorCode::Unsupported,
+            6 => ErrorCode::ReadOnly,
+            7 => ErrorCode::Busy,
+            8 => ErrorCode::VersionMismatch,
+            c => ErrorCode::Other(c),
+        }
+    }
+}
+
+/// A decoded, validated frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Frame kind.
+    pub kind: Kind,
+    /// Request id (replies echo it).
+    pub id: u64,
+    /// Payload bytes following the header, `<= MAX_PAYLOAD`.
+    pub payload_len: u32,
+    /// crc32c over header bytes 0..20 and the payload (checked by [`Frame::decode`]).
+    pub crc: u32,
+}
+
+impl Header {
+    /// Decodes and checks magic, version, flags, kind and the payload length bound.
+    /// The crc is only checked by [`Frame::decode`], once the payload is there.
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header, WireError> {
+        let mut r = Reader::new(b);
+        // The reads below cannot fail on a 24-byte array; `unwrap_or` keeps this panic-free.
+        let magic = r.u32().unwrap_or(0);
+        let version = r.u8().unwrap_or(0);
+        let kind = r.u8().unwrap_or(0);
+        let flags = r.u16().unwrap_or(0);
+        let id = r.u64().unwrap_or(0);
+        let payload_len = r.u32().unwrap_or(0);
+        let crc = r.u32().unwrap_or(0);
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if version != VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        if flags != 0 {
+            return Err(WireError::BadFlags(flags));
+        }
+        let kind = Kind::from_code(kind).ok_or(WireError::UnknownKind(kind))?;
+        if payload_len > MAX_PAYLOAD {
+            return Err(WireError::PayloadTooLarge {
+                len: payload_len.into(),
+                max: MAX_PAYLOAD.into(),
+            });
+        }
+        Ok(Header {
+            kind,
+            id,
+            payload_len,
+            crc,
+        })
+    }
+
+    /// The 24 header bytes (with `self.crc` as given; see [`Header::compute_crc`]).
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..CRC_COVERED_LEN].copy_from_slice(&covered_prefix(self.kind, self.id, self.payload_len));
+        b[CRC_COVERED_LEN..].copy_from_slice(&self.crc.to_be_bytes());
+        b
+    }
+
+    /// The crc this header should carry for `payload`.
+    pub fn compute_crc(&self, payload: &[u8]) -> u32 {
+        let prefix = covered_prefix(self.kind, self.id, self.payload_len);
+        crc32c::crc32c_append(crc32c::crc32c(&prefix), payload)
+    }
+}
+
+/// Header bytes 0..20: everything the crc covers in the header.
+fn covered_prefix(kind: Kind, id: u64, payload_len: u32) -> [u8; CRC_COVERED_LEN] {
+    let mut b = [0u8; CRC_COVERED_LEN];
+    b[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+    b[4] = VERSION;
+    b[5] = kind.code();
+    b[6..8].copy_from_slice(&0u16.to_be_bytes());
+    b[8..16].copy_from_slice(&id.to_be_bytes());
+    b[16..20].copy_from_slice(&payload_len.to_be_bytes());
+    b
+}
+
+/// One Ferry frame, borrowing strings and bulk data from the received buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// `version_min u8, version_max u8, capabilities u64, agent str<=64`;
+    /// `version_min <= version_max`.
+    Hello {
+        /// Lowest protocol version the sender speaks.
+        version_min: u8,
+        /// Highest protocol version the sender speaks.
+        version_max: u8,
+        /// Capability bits offered.
+        capabilities: u64,
+        /// Free-form software name/version of the sender.
+        agent: &'a str,
+    },
+    /// `version u8, capabilities u64`.
+    HelloAck {
+        /// Version chosen for the connection.
+        version: u8,
+        /// Capability bits accepted (a subset of those offered).
+        capabilities: u64,
+    },
+    /// `chunk_size u32 (power of two, 4 KiB..=1 MiB), name str<=255`.
+    Open {
+        /// Chunk size the frontend will fetch in.
+        chunk_size: u32,
+        /// Volume name on the backend.
+        name: &'a str,
+    },
+    /// `handle u32, size u64, chunk_size u32 (validated like Open's), extent_frames u32`.
+    OpenOk {
+        /// Handle for later requests on this volume.
+        handle: u32,
+        /// Volume size in bytes.
+        size: u64,
+        /// Chunk size in force.
+        chunk_size: u32,
+        /// How many `Extents` frames follow this one.
+        extent_frames: u32,
+    },
+    /// `handle u32, count u32 (<= 65536), (offset u64, len u64) × count`, exactly filling
+    /// the payload; `offset + len` must not overflow. Provisioned (data) extents of the
+    /// source as reported by SEEK_DATA/SEEK_HOLE.
+    Extents {
+        /// Volume handle.
+        handle: u32,
+        /// `(offset, len)` in bytes.
+        extents: Vec<(u64, u64)>,
+    },
+    /// `handle u32, class u8, count u32 (1..=1024), chunk u64 × count`.
+    Fetch {
+        /// Volume handle.
+        handle: u32,
+        /// Priority class.
+        class: Class,
+        /// Chunk indexes wanted.
+        chunks: Vec<u64>,
+    },
+    /// `handle u32, chunk u64, data` (rest of the payload, 1..=1 MiB bytes).
+    ChunkData {
+        /// Volume handle.
+        handle: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// Chunk contents (the last chunk of a volume may be short).
+        data: &'a [u8],
+    },
+    /// `handle u32, chunk u64`.
+    ChunkZero {
+        /// Volume handle.
+        handle: u32,
+        /// Chunk index.
+        chunk: u64,
+    },
+    /// `handle u32, chunk u64, code u16, message str<=1024`.
+    ChunkError {
+        /// Volume handle.
+        handle: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: &'a str,
+    },
+    /// `handle u32, offset u64, data` (rest of the payload, 1..=1 MiB bytes);
+    /// `offset + data.len()` must not overflow.
+    WriteBack {
+        /// Volume handle.
+        handle: u32,
+        /// Byte offset in the volume.
+        offset: u64,
+        /// Bytes to write.
+        data: &'a [u8],
+    },
+    /// `handle u32, offset u64, len u64`; `offset + len` must not overflow.
+    WriteZeroes {
+        /// Volume handle.
+        handle: u32,
+        /// Byte offset in the volume.
+        offset: u64,
+        /// Bytes to zero.
+        len: u64,
+    },
+    /// `handle u32`.
+    Sync {
+        /// Volume handle.
+        handle: u32,
+    },
+    /// Empty payload; answers WriteBack / WriteZeroes / Sync by request id.
+    Ack,
+    /// `code u16, message str<=1024`.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: &'a str,
+    },
+}
+
+impl<'a> Frame<'a> {
+    /// The frame's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Frame::Hello { .. } => Kind::Hello,
+            Frame::HelloAck { .. } => Kind::HelloAck,
+            Frame::Open { .. } => Kind::Open,
+            Frame::OpenOk { .. } => Kind::OpenOk,
+            Frame::Extents { .. } => Kind::Extents,
+            Frame::Fetch { .. } => Kind::Fetch,
+            Frame::ChunkData { .. } => Kind::ChunkData,
+            Frame::ChunkZero { .. } => Kind::ChunkZero,
+            Frame::ChunkError { .. } => Kind::ChunkError,
+            Frame::WriteBack { .. } => Kind::WriteBack,
+            Frame::WriteZeroes { .. } => Kind::WriteZeroes,
+            Frame::Sync { .. } => Kind::Sync,
+            Frame::Ack => Kind::Ack,
+            Frame::Error { .. } => Kind::Error,
+        }
+    }
+
+    /// Verifies the crc (header bytes re-encoded from `h`), then parses the payload.
+    /// `payload.len()` must equal `h.payload_len`.
+    pub fn decode(h: &Header, payload: &'a [u8]) -> Result<Frame<'a>, WireError> {
+        // `Header` has public fields, so re-check the bound for hand-built headers.
+        if h.payload_len > MAX_PAYLOAD {
+            return Err(WireError::PayloadTooLarge {
+                len: h.payload_len.into(),
+                max: MAX_PAYLOAD.into(),
+            });
+        }
+        let want = h.payload_len as usize;
+        if payload.len() < want {
+            return Err(WireError::Truncated { what: "payload" });
+        }
+        if payload.len() > want {
+            return Err(WireError::TrailingBytes { kind: h.kind });
+        }
+        let actual = h.compute_crc(payload);
+        if actual != h.crc {
+            return Err(WireError::ChecksumMismatch {
+                expected: h.crc,
+                actual,
+            });
+        }
+        parse_payload(h.kind, payload)
+    }
+
+    /// Appends header + payload to `out`. Fails, leaving `out` as it was, if a field is out
+    /// of the bounds the decoder enforces (too many chunks, string too long, ...).
+    pub fn encode(&self, id: u64, out: &mut Vec<u8>) -> Result<(), WireError> {
+        // Bulk frames share the zero-copy prefix path so the two can never disagree.
+        match *self {
+            Frame::ChunkData {
+                handle,
+                chunk,
+                data,
+            } => {
+                encode_chunk_data_prefix(id, handle, chunk, data, out)?;
+                out.extend_from_slice(data);
+                return Ok(());
+            }
+            Frame::WriteBack {
+                handle,
+                offset,
+                data,
+            } => {
+                encode_write_back_prefix(id, handle, offset, data, out)?;
+                out.extend_from_slice(data);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let start = out.len();
+        out.extend_from_slice(&[0u8; HEADER_LEN]);
+        if let Err(e) = self.write_payload(out) {
+            out.truncate(start);
+            return Err(e);
+        }
+        let payload_len = out.len() - start - HEADER_LEN;
+        if payload_len > MAX_PAYLOAD as usize {
+            out.truncate(start);
+            return Err(WireError::PayloadTooLarge {
+                len: payload_len as u64,
+                max: MAX_PAYLOAD.into(),
+            });
+        }
+        let mut h = Header {
+            kind: self.kind(),
+            id,
+            payload_len: payload_len as u32,
+            crc: 0,
+        };
+        h.crc = h.compute_crc(&out[start + HEADER_LEN..]);
+        out[start..start + HEADER_LEN].copy_from_slice(&h.encode());
+        Ok(())
+    }
+
+    /// Writes the payload of a non-bulk frame, validating as it goes.
+    fn write_payload(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match self {
+            Frame::Hello {
+                version_min,
+                version_max,
+                capabilities,
+                agent,
+            } => {
+                if version_min > version_max {
+                    return Err(WireError::Invalid {
+                        what: "hello version_min > version_max",
+                    });
+                }
+                out.push(*version_min);
+                out.push(*version_max);
+                out.extend_from_slice(&capabilities.to_be_bytes());
+                put_str(out, agent, MAX_AGENT_LEN, "agent string too long")?;
+            }
+            Frame::HelloAck {
+                version,
+                capabilities,
+            } => {
+                out.push(*version);
+                out.extend_from_slice(&capabilities.to_be_bytes());
+            }
+            Frame::Open { chunk_size, name } => {
+                check_chunk_size(*chunk_size)?;
+                out.extend_from_slice(&chunk_size.to_be_bytes());
+                put_str(out, name, MAX_NAME_LEN, "volume name too long")?;
+            }
+            Frame::OpenOk {
+                handle,
+                size,
+                chunk_size,
+                extent_frames,
+            } => {
+                check_chunk_size(*chunk_size)?;
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.extend_from_slice(&size.to_be_bytes());
+                out.extend_from_slice(&chunk_size.to_be_bytes());
+                out.extend_from_slice(&extent_frames.to_be_bytes());
+            }
+            Frame::Extents { handle, extents } => {
+                if extents.len() > MAX_EXTENTS_PER_FRAME {
+                    return Err(WireError::Invalid {
+                        what: "extent count over MAX_EXTENTS_PER_FRAME",
+                    });
+                }
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.extend_from_slice(&(extents.len() as u32).to_be_bytes());
+                for &(offset, len) in extents {
+                    check_range(offset, len, "extent offset + len overflows")?;
+                    out.extend_from_slice(&offset.to_be_bytes());
+                    out.extend_from_slice(&len.to_be_bytes());
+                }
+            }
+            Frame::Fetch {
+                handle,
+                class,
+                chunks,
+            } => {
+                check_fetch_count(chunks.len())?;
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.push(class.code());
+                out.extend_from_slice(&(chunks.len() as u32).to_be_bytes());
+                for c in chunks {
+                    out.extend_from_slice(&c.to_be_bytes());
+                }
+            }
+            Frame::ChunkZero { handle, chunk } => {
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.extend_from_slice(&chunk.to_be_bytes());
+            }
+            Frame::ChunkError {
+                handle,
+                chunk,
+                code,
+                message,
+            } => {
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.extend_from_slice(&chunk.to_be_bytes());
+                out.extend_from_slice(&code.code().to_be_bytes());
+                put_str(out, message, MAX_MESSAGE_LEN, "error message too long")?;
+            }
+            Frame::WriteZeroes {
+                handle,
+                offset,
+                len,
+            } => {
+                check_range(*offset, *len, "write-zeroes offset + len overflows")?;
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+            Frame::Sync { handle } => out.extend_from_slice(&handle.to_be_bytes()),
+            Frame::Ack => {}
+            Frame::Error { code, message } => {
+                out.extend_from_slice(&code.code().to_be_bytes());
+                put_str(out, message, MAX_MESSAGE_LEN, "error message too long")?;
+            }
+            Frame::ChunkData { .. } | Frame::WriteBack { .. } => {
+                // Handled by the prefix encoders in `encode`; kept here for exhaustiveness.
+                return Err(WireError::Invalid {
+                    what: "bulk frame routed to the fixed-payload encoder",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes header + fixed fields of a `ChunkData` frame into `out`, with the crc already
+/// covering `data`; the caller then sends `out` followed by `data` (no copy of the data).
+pub fn encode_chunk_data_prefix(
+    id: u64,
+    handle: u32,
+    chunk: u64,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    encode_bulk_prefix(Kind::ChunkData, id, handle, chunk, data, out)
+}
+
+/// Writes header + fixed fields of a `WriteBack` frame into `out`, with the crc already
+/// covering `data`; the caller then sends `out` followed by `data` (no copy of the data).
+pub fn encode_write_back_prefix(
+    id: u64,
+    handle: u32,
+    offset: u64,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    check_range(
+        offset,
+        data.len() as u64,
+        "write-back offset + len overflows",
+    )?;
+    encode_bulk_prefix(Kind::WriteBack, id, handle, offset, data, out)
+}
+
+fn encode_bulk_prefix(
+    kind: Kind,
+    id: u64,
+    handle: u32,
+    position: u64,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    check_data(data)?;
+    let mut fixed = [0u8; BULK_PREFIX_LEN];
+    fixed[..4].copy_from_slice(&handle.to_be_bytes());
+    fixed[4..].copy_from_slice(&position.to_be_bytes());
+    // Cannot exceed MAX_PAYLOAD: data <= MAX_DATA_LEN was checked above.
+    let payload_len = (BULK_PREFIX_LEN + data.len()) as u32;
+    let mut crc = crc32c::crc32c(&covered_prefix(kind, id, payload_len));
+    crc = crc32c::crc32c_append(crc, &fixed);
+    crc = crc32c::crc32c_append(crc, data);
+    let h = Header {
+        kind,
+        id,
+        payload_len,
+        crc,
+    };
+    out.extend_from_slice(&h.encode());
+    out.extend_from_slice(&fixed);
+    Ok(())
+}
+
+/// Incremental decode from the front of a byte buffer.
+///
+/// `Ok(None)`: the buffer holds less than one whole frame, read more and call again.
+/// `Ok(Some((frame, consumed)))`: one frame decoded from `buf[..consumed]`.
+/// An error means the stream is corrupt or hostile; it cannot be resynchronised, so close
+/// the connection. The header is checked as soon as its 24 bytes are present, so an
+/// oversized length is refused before the caller buffers any of it.
+pub fn decode_from(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, WireError> {
+    let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let h = Header::decode(head)?;
+    let total = HEADER_LEN + h.payload_len as usize;
+    let Some(payload) = buf.get(HEADER_LEN..total) else {
+        return Ok(None);
+    };
+    Ok(Some((Frame::decode(&h, payload)?, total)))
+}
+
+fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
+    let mut r = Reader::new(payload);
+    let frame = match kind {
+        Kind::Hello => {
+            let version_min = get_u8(&mut r, "hello version_min")?;
+            let version_max = get_u8(&mut r, "hello version_max")?;
+            let capabilities = get_u64(&mut r, "hello capabilities")?;
+            let agent = get_str(&mut r, MAX_AGENT_LEN, "agent")?;
+            if version_min > version_max {
+                return Err(WireError::Invalid {
+                    what: "hello version_min > version_max",
+                });
+            }
+            Frame::Hello {
+                version_min,
+                version_max,
+                capabilities,
+                agent,
+            }
+        }
+        Kind::HelloAck => Frame::HelloAck {
+            version: get_u8(&mut r, "hello-ack version")?,
+            capabilities: get_u64(&mut r, "hello-ack capabilities")?,
+        },
+        Kind::Open => {
+            let chunk_size = get_u32(&mut r, "open chunk_size")?;
+            check_chunk_size(chunk_size)?;
+            let name = get_str(&mut r, MAX_NAME_LEN, "volume name")?;
+            Frame::Open { chunk_size, name }
+        }
+        Kind::OpenOk => {
+            let handle = get_u32(&mut r, "handle")?;
+            let size = get_u64(&mut r, "open-ok size")?;
+            let chunk_size = get_u32(&mut r, "open-ok chunk_size")?;
+            check_chunk_size(chunk_size)?;
+            let extent_frames = get_u32(&mut r, "open-ok extent_frames")?;
+            Frame::OpenOk {
+                handle,
+                size,
+                chunk_size,
+                extent_frames,
+            }
+        }
+        Kind::Extents => {
+            let handle = get_u32(&mut r, "handle")?;
+            let count = get_u32(&mut r, "extent count")? as usize;
+            if count > MAX_EXTENTS_PER_FRAME {
+                return Err(WireError::Invalid {
+                    what: "extent count over MAX_EXTENTS_PER_FRAME",
+                });
+            }
+            // count <= 65536, so count * 16 cannot overflow.
+            exact_fit(&r, count * 16, kind, "extents")?;
+            let mut extents = Vec::with_capacity(count);
+            for _ in 0..count {
+                let offset = get_u64(&mut r, "extent offset")?;
+                let len = get_u64(&mut r, "extent len")?;
+                check_range(offset, len, "extent offset + len overflows")?;
+                extents.push((offset, len));
+            }
+            Frame::Extents { handle, extents }
+        }
+        Kind::Fetch => {
+            let handle = get_u32(&mut r, "handle")?;
+            let class = get_u8(&mut r, "fetch class")?;
+            let class = Class::from_code(class).ok_or(WireError::Invalid {
+                what: "unknown fetch class",
+            })?;
+            let count = get_u32(&mut r, "fetch count")? as usize;
+            check_fetch_count(count)?;
+            exact_fit(&r, count * 8, kind, "fetch chunks")?;
+            let mut chunks = Vec::with_capacity(count);
+            for _ in 0..count {
+                chunks.push(get_u64(&mut r, "fetch chunk")?);
+            }
+            Frame::Fetch {
+                handle,
+                class,
+                chunks,
+            }
+        }
+        Kind::ChunkData => {
+            let handle = get_u32(&mut r, "handle")?;
+            let chunk = get_u64(&mut r, "chunk")?;
+            let data = r.rest();
+            check_data(data)?;
+            Frame::ChunkData {
+                handle,
+                chunk,
+                data,
+            }
+        }
+        Kind::ChunkZero => Frame::ChunkZero {
+            handle: get_u32(&mut r, "handle")?,
+            chunk: get_u64(&mut r, "chunk")?,
+        },
+        Kind::ChunkError => Frame::ChunkError {
+            handle: get_u32(&mut r, "handle")?,
+            chunk: get_u64(&mut r, "chunk")?,
+            code: ErrorCode::from_code(get_u16(&mut r, "error code")?),
+            message: get_str(&mut r, MAX_MESSAGE_LEN, "error message")?,
+        },
+        Kind::WriteBack => {
+            let handle = get_u32(&mut r, "handle")?;
+            let offset = get_u64(&mut r, "write-back offset")?;
+            let data = r.rest();
+            check_data(data)?;
+            check_range(
+                offset,
+                data.len() as u64,
+                "write-back offset + len overflows",
+            )?;
+            Frame::WriteBack {
+                handle,
+                offset,
+                data,
+            }
+        }
+        Kind::WriteZeroes => {
+            let handle = get_u32(&mut r, "handle")?;
+            let offset = get_u64(&mut r, "write-zeroes offset")?;
+            let len = get_u64(&mut r, "write-zeroes len")?;
+            check_range(offset, len, "write-zeroes offset + len overflows")?;
+            Frame::WriteZeroes {
+                handle,
+                offset,
+                len,
+            }
+        }
+        Kind::Sync => Frame::Sync {
+            handle: get_u32(&mut r, "handle")?,
+        },
+        Kind::Ack => Frame::Ack,
+        Kind::Error => Frame::Error {
+            code: ErrorCode::from_code(get_u16(&mut r, "error code")?),
+            message: get_str(&mut r, MAX_MESSAGE_LEN, "error message")?,
+        },
+    };
+    if !r.is_empty() {
+        return Err(WireError::TrailingBytes { kind });
+    }
+    Ok(frame)
+}
+
+fn get_u8(r: &mut Reader<'_>, what: &'static str) -> Result<u8, WireError> {
+    r.u8().ok_or(WireError::Truncated { what })
+}
+
+fn get_u16(r: &mut Reader<'_>, what: &'static str) -> Result<u16, WireError> {
+    r.u16().ok_or(WireError::Truncated { what })
+}
+
+fn get_u32(r: &mut Reader<'_>, what: &'static str) -> Result<u32, WireError> {
+    r.u32().ok_or(WireError::Truncated { what })
+}
+
+fn get_u64(r: &mut Reader<'_>, what: &'static str) -> Result<u64, WireError> {
+    r.u64().ok_or(WireError::Truncated { what })
+}
+
+/// u16 length + UTF-8 bytes, length checked against `max` before the bytes are taken.
+fn get_str<'a>(r: &mut Reader<'a>, max: usize, what: &'static str) -> Result<&'a str, WireError> {
+    let len = get_u16(r, what)? as usize;
+    if len > max {
+        return Err(WireError::Invalid {
+            what: "string longer than its field allows",
+        });
+    }
+    let bytes = r.bytes(len).ok_or(WireError::Truncated { what })?;
+    std::str::from_utf8(bytes).map_err(|_| WireError::Invalid {
+        what: "string is not valid UTF-8",
+    })
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str, max: usize, what: &'static str) -> Result<(), WireError> {
+    if s.len() > max {
+        return Err(WireError::Invalid { what });
+    }
+    // max <= MAX_MESSAGE_LEN < u16::MAX, so the cast is exact.
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// The counted array must fill the rest of the payload exactly.
+fn exact_fit(r: &Reader<'_>, need: usize, kind: Kind, what: &'static str) -> Result<(), WireError> {
+    match r.remaining().cmp(&need) {
+        std::cmp::Ordering::Less => Err(WireError::Truncated { what }),
+        std::cmp::Ordering::Greater => Err(WireError::TrailingBytes { kind }),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
+fn check_chunk_size(chunk_size: u32) -> Result<(), WireError> {
+    if crate::is_valid_chunk_size(chunk_size) {
+        Ok(())
+    } else {
+        Err(WireError::Invalid {
+            what: "chunk size is not a power of two in 4 KiB..=1 MiB",
+        })
+    }
+}
+
+fn check_fetch_count(count: usize) -> Result<(), WireError> {
+    if (1..=MAX_FETCH_CHUNKS).contains(&count) {
+        Ok(())
+    } else {
+        Err(WireError::Invalid {
+            what: "fetch chunk count not in 1..=MAX_FETCH_CHUNKS",
+        })
+    }
+}
+
+fn check_data(data: &[u8]) -> Result<(), WireError> {
+    if data.is_empty() {
+        return Err(WireError::Invalid {
+            what: "empty data block",
+        });
+    }
+    if data.len() > MAX_DATA_LEN {
+        return Err(WireError::Invalid {
+            what: "data block larger than MAX_DATA_LEN",
+        });
+    }
+    Ok(())
+}
+
+fn check_range(offset: u64, len: u64, what: &'static str) -> Result<(), WireError> {
+    match offset.checked_add(len) {
+        Some(_) => Ok(()),
+        None => Err(WireError::Invalid { what }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_stable() {
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            assert_eq!(k.code() as usize, i + 1);
+            assert_eq!(Kind::from_code(k.code()), Some(*k));
+        }
+        assert_eq!(Kind::from_code(0), None);
+        assert_eq!(Kind::from_code(0x0F), None);
+        assert_eq!(Class::from_code(0), None);
+        assert_eq!(Class::from_code(3), None);
+        for c in 0..=20u16 {
+            assert_eq!(ErrorCode::from_code(c).code(), c);
+        }
+        assert_eq!(ErrorCode::VersionMismatch.code(), 8);
+    }
+
+    #[test]
+    fn header_layout() {
+        let mut out = Vec::new();
+        Frame::Sync { handle: 7 }
+            .encode(0x0102_0304_0506_0708, &mut out)
+            .unwrap();
+        assert_eq!(&out[0..4], b"FRY1");
+        assert_eq!(out[4], 1);
+        assert_eq!(out[5], 0x0C);
+        assert_eq!(&out[6..8], &[0, 0]);
+        assert_eq!(&out[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&out[16..20], &[0, 0, 0, 4]);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..20]), &out[24..]);
+        assert_eq!(&out[20..24], &crc.to_be_bytes());
+        assert_eq!(&out[24..], &[0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn failed_encode_leaves_out_untouched() {
+        let mut out = vec![9u8; 3];
+        let long = "x".repeat(MAX_AGENT_LEN + 1);
+        let f = Frame::Hello {
+            version_min: 1,
+            version_max: 1,
+            capabilities: 0,
+            agent: &long,
+        };
+        assert!(matches!(
+            f.encode(1, &mut out),
+            Err(WireError::Invalid { .. })
+        ));
+        assert_eq!(out, vec![9u8; 3]);
+    }
+}
