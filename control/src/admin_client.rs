@@ -10,11 +10,20 @@ use dataplane::frontend::admin::{AdminReply, AdminRequest};
 use dataplane::frontend::state;
 
 /// `Ok(None)` when no frontend is running for this state dir.
-pub fn request(dir: &Path, req: &AdminRequest, timeout: Option<Duration>) -> Result<Option<AdminReply>> {
+pub fn request(
+    dir: &Path,
+    req: &AdminRequest,
+    timeout: Option<Duration>,
+) -> Result<Option<AdminReply>> {
     let path = state::admin_path(dir);
     let conn = match UnixStream::connect(&path) {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
             return Ok(None)
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
@@ -22,13 +31,19 @@ pub fn request(dir: &Path, req: &AdminRequest, timeout: Option<Duration>) -> Res
     conn.set_read_timeout(timeout)?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    (&conn).write_all(line.as_bytes()).with_context(|| format!("writing to {}", path.display()))?;
+    (&conn)
+        .write_all(line.as_bytes())
+        .with_context(|| format!("writing to {}", path.display()))?;
     let mut answer = String::new();
     BufReader::new(&conn)
         .read_line(&mut answer)
         .with_context(|| format!("reading from {}", path.display()))?;
     if answer.is_empty() {
-        return Err(anyhow!("the frontend closed the admin socket without answering"));
+        return Err(anyhow!(
+            "the frontend closed the admin socket without answering"
+        ));
     }
-    Ok(Some(serde_json::from_str(&answer).context("parsing the frontend's answer")?))
+    Ok(Some(
+        serde_json::from_str(&answer).context("parsing the frontend's answer")?,
+    ))
 }

@@ -17,7 +17,11 @@ use crate::admin_client;
 use crate::size::{human, parse_size};
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "Live block-volume migration over NBD on an io_uring dataplane")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Live block-volume migration over NBD on an io_uring dataplane"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -47,6 +51,8 @@ enum Command {
     Cutover(CutoverArgs),
     /// Send the workload back: every write it made goes back to the source.
     Abort(StateDirArg),
+    /// Change a running frontend's background migration rate (0 pauses it).
+    SetRate(SetRateArgs),
     /// Run a complete local migration with a workload, and verify the result.
     Demo(crate::demo::DemoArgs),
 }
@@ -120,6 +126,26 @@ struct StatusArgs {
 }
 
 #[derive(Args, Debug)]
+struct SetRateArgs {
+    #[command(flatten)]
+    dir: StateDirArg,
+    /// Bytes/s with K/M/G suffixes, `0` to pause, or `unlimited`.
+    #[arg(long, value_parser = parse_rate)]
+    background_rate: Rate,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rate(Option<u64>);
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s == "unlimited" {
+        Ok(Rate(None))
+    } else {
+        parse_size(s).map(|n| Rate(Some(n)))
+    }
+}
+
+#[derive(Args, Debug)]
 struct CutoverArgs {
     #[command(flatten)]
     dir: StateDirArg,
@@ -132,9 +158,13 @@ struct CutoverArgs {
 }
 
 fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
-    let (name, path) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
     if name.is_empty() || name.len() > 255 || path.is_empty() {
-        return Err(format!("{s:?}: expected NAME=PATH with a name of 1 to 255 bytes"));
+        return Err(format!(
+            "{s:?}: expected NAME=PATH with a name of 1 to 255 bytes"
+        ));
     }
     Ok((name.to_string(), PathBuf::from(path)))
 }
@@ -152,7 +182,9 @@ fn parse_nbd(s: &str) -> Result<NbdListen, String> {
 fn parse_chunk(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if !(4096..=1 << 20).contains(&n) || !n.is_power_of_two() {
-        return Err(format!("{s:?}: the chunk size must be a power of two from 4K to 1M"));
+        return Err(format!(
+            "{s:?}: the chunk size must be a power of two from 4K to 1M"
+        ));
     }
     Ok(n as u32)
 }
@@ -170,7 +202,9 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().try_init(),
@@ -206,16 +240,27 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn cores(n: Option<usize>) -> usize {
-    n.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    n.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Backend(a) => {
             let listen = resolve(&a.listen).map_err(|e| anyhow!(e))?;
-            backend::run(BackendConfig { listen, volumes: a.volumes, cores: cores(a.cores) }, |addr| {
-                println!("ferry backend listening on {addr}");
-            })?;
+            backend::run(
+                BackendConfig {
+                    listen,
+                    volumes: a.volumes,
+                    cores: cores(a.cores),
+                },
+                |addr| {
+                    println!("ferry backend listening on {addr}");
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Frontend(a) => {
@@ -230,7 +275,10 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 cores: cores(a.cores),
                 background_rate: a.background_rate,
                 background_tos: Some(a.background_dscp << 2),
-                hydrate: HydrateConfig { batch_chunks: a.batch_chunks.clamp(1, 1024), in_flight: a.background_in_flight.max(1) },
+                hydrate: HydrateConfig {
+                    batch_chunks: a.batch_chunks.clamp(1, 1024),
+                    in_flight: a.background_in_flight.max(1),
+                },
             };
             let name = a.volume;
             let outcome = frontend::run(cfg, move |spec| {
@@ -250,7 +298,10 @@ fn run(cmd: Command) -> Result<ExitCode> {
         }
         Command::Cutover(a) => cutover(&a),
         Command::Abort(a) => {
-            let req = AdminRequest { cmd: "abort".into(), background_rate_bytes_per_s: None };
+            let req = AdminRequest {
+                cmd: "abort".into(),
+                background_rate_bytes_per_s: None,
+            };
             match admin_client::request(&a.state_dir, &req, None)? {
                 Some(r) if r.ok => {
                     println!("{}", r.message.unwrap_or_default());
@@ -267,14 +318,33 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 }
             }
         }
+        Command::SetRate(a) => {
+            let req = AdminRequest {
+                cmd: "set-rate".into(),
+                background_rate_bytes_per_s: a.background_rate.0,
+            };
+            match admin_client::request(&a.dir.state_dir, &req, Some(Duration::from_secs(30)))? {
+                Some(r) if r.ok => {
+                    println!("{}", r.message.unwrap_or_default());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(r) => bail!("{}", r.error.unwrap_or_default()),
+                None => bail!("no frontend is running for {}", a.dir.state_dir.display()),
+            }
+        }
         Command::Demo(a) => crate::demo::run(a),
     }
 }
 
 pub fn current_status(dir: &std::path::Path) -> Result<Status> {
-    let req = AdminRequest { cmd: "status".into(), background_rate_bytes_per_s: None };
+    let req = AdminRequest {
+        cmd: "status".into(),
+        background_rate_bytes_per_s: None,
+    };
     match admin_client::request(dir, &req, Some(Duration::from_secs(30)))? {
-        Some(r) if r.ok => r.status.ok_or_else(|| anyhow!("the frontend answered without a status")),
+        Some(r) if r.ok => r
+            .status
+            .ok_or_else(|| anyhow!("the frontend answered without a status")),
         Some(r) => bail!("{}", r.error.unwrap_or_default()),
         None => status::offline(dir).with_context(|| format!("reading {}", dir.display())),
     }
@@ -283,24 +353,40 @@ pub fn current_status(dir: &std::path::Path) -> Result<Status> {
 fn cutover(a: &CutoverArgs) -> Result<ExitCode> {
     let dir = &a.dir.state_dir;
     let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
+    let mut warned = false;
     loop {
-        let req = AdminRequest { cmd: "cutover".into(), background_rate_bytes_per_s: None };
+        let req = AdminRequest {
+            cmd: "cutover".into(),
+            background_rate_bytes_per_s: None,
+        };
         match admin_client::request(dir, &req, None)? {
             Some(r) if r.ok => {
                 println!("{}", r.message.unwrap_or_default());
                 return Ok(ExitCode::SUCCESS);
             }
             Some(r) if r.untouched.is_some() && a.wait && Instant::now() < deadline => {
+                if !warned
+                    && current_status(dir).is_ok_and(|s| s.background_rate_bytes_per_s == Some(0))
+                {
+                    eprintln!("ferry: background migration is paused; waiting for on-demand reads only (ferry set-rate to resume)");
+                    warned = true;
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
             Some(r) => {
-                eprintln!("ferry: {}", r.error.unwrap_or_else(|| "cutover failed".into()));
+                eprintln!(
+                    "ferry: {}",
+                    r.error.unwrap_or_else(|| "cutover failed".into())
+                );
                 return Ok(ExitCode::FAILURE);
             }
             None => {
                 let st = status::offline(dir)?;
                 if st.state == "completed" {
-                    println!("cutover complete (already): target {} is a complete raw disk", st.target);
+                    println!(
+                        "cutover complete (already): target {} is a complete raw disk",
+                        st.target
+                    );
                     return Ok(ExitCode::SUCCESS);
                 }
                 bail!("no frontend is running for {}", dir.display());
@@ -312,9 +398,27 @@ fn cutover(a: &CutoverArgs) -> Result<ExitCode> {
 fn print_status(st: &Status) {
     let total = st.chunks_total.max(1) as f64;
     let done = (st.chunks_total - st.chunks_untouched) as f64 / total * 100.0;
-    println!("volume      {} ({}) -> {}", st.volume, human(st.volume_size_bytes), st.target);
-    println!("state       {}{}", st.state, if st.running { "" } else { " (frontend not running)" });
-    println!("progress    {done:.1}% on target ({} of {} chunks of {})", st.chunks_total - st.chunks_untouched, st.chunks_total, human(u64::from(st.chunk_size_bytes)));
+    println!(
+        "volume      {} ({}) -> {}",
+        st.volume,
+        human(st.volume_size_bytes),
+        st.target
+    );
+    println!(
+        "state       {}{}",
+        st.state,
+        if st.running {
+            ""
+        } else {
+            " (frontend not running)"
+        }
+    );
+    println!(
+        "progress    {done:.1}% on target ({} of {} chunks of {})",
+        st.chunks_total - st.chunks_untouched,
+        st.chunks_total,
+        human(u64::from(st.chunk_size_bytes))
+    );
     println!(
         "chunks      untouched {}  present {}  dirty {}  zero {}",
         st.chunks_untouched, st.chunks_present, st.chunks_dirty, st.chunks_zero

@@ -79,8 +79,13 @@ fn start(children: &mut Children, args: &[&str], prefix: &str, log: &Path) -> Re
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60))
-        .map_err(|_| anyhow!("`ferry {}` did not become ready; see {}", args[0], log.display()))
+    rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+        anyhow!(
+            "`ferry {}` did not become ready; see {}",
+            args[0],
+            log.display()
+        )
+    })
 }
 
 fn pattern(block: u64, seq: u32, out: &mut [u8]) {
@@ -98,7 +103,7 @@ fn make_sample(path: &Path, size: u64) -> Result<()> {
     while off < size {
         let n = region.min(size - off) as usize;
         match (off / region) % 8 {
-            0 => {} // a hole: never written
+            0 => {}                                   // a hole: never written
             1 => f.write_all_at(&vec![0u8; n], off)?, // written zeros
             _ => {
                 rng.fill_bytes(&mut buf[..n]);
@@ -164,7 +169,11 @@ fn run_workload(sock: &Path, source: &Path, size: u64, stop: &AtomicBool) -> Res
         } else {
             seq += 1;
             for b in 0..n {
-                pattern(first + b, seq, &mut buf[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize]);
+                pattern(
+                    first + b,
+                    seq,
+                    &mut buf[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize],
+                );
             }
             let t = Instant::now();
             c.write(first * BLOCK, &buf[..len], false)?;
@@ -173,7 +182,7 @@ fn run_workload(sock: &Path, source: &Path, size: u64, stop: &AtomicBool) -> Res
                 w.writes.insert(first + b, seq);
             }
             w.bytes_written += len as u64;
-            if seq % 64 == 0 {
+            if seq.is_multiple_of(64) {
                 c.flush()?;
             }
         }
@@ -197,12 +206,19 @@ fn verify(target: &Path, source: &Path, size: u64, writes: &HashMap<u64, u32>) -
         for blk in 0..(n as u64 / BLOCK) {
             let block = off / BLOCK + blk;
             if let Some(&seq) = writes.get(&block) {
-                pattern(block, seq, &mut b[(blk * BLOCK) as usize..((blk + 1) * BLOCK) as usize]);
+                pattern(
+                    block,
+                    seq,
+                    &mut b[(blk * BLOCK) as usize..((blk + 1) * BLOCK) as usize],
+                );
             }
         }
         if a[..n] != b[..n] {
             let first = (0..n).find(|&i| a[i] != b[i]).unwrap_or(0);
-            bail!("target differs from source + writes at byte {}", off + first as u64);
+            bail!(
+                "target differs from source + writes at byte {}",
+                off + first as u64
+            );
         }
         off += n as u64;
     }
@@ -230,7 +246,11 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
         None => {
             let p = dir.join("source.img");
             let size = args.size / BLOCK * BLOCK;
-            println!("making a {} sample volume at {} (random data, zero runs, holes)", human(size), p.display());
+            println!(
+                "making a {} sample volume at {} (random data, zero runs, holes)",
+                human(size),
+                p.display()
+            );
             make_sample(&p, size)?;
             p
         }
@@ -245,24 +265,48 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
     let volume_arg = format!("{VOLUME}={}", source.display());
     let addr = start(
         &mut children,
-        &["backend", "--listen", "127.0.0.1:0", "--volume", &volume_arg],
+        &[
+            "backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--volume",
+            &volume_arg,
+        ],
         "ferry backend listening on ",
         &dir.join("backend.log"),
     )?;
-    println!("backend  listening on {addr}, serving {} ({})", source.display(), human(size));
+    println!(
+        "backend  listening on {addr}, serving {} ({})",
+        source.display(),
+        human(size)
+    );
     let rate = args.rate.to_string();
     let nbd = format!("unix:{}", sock.display());
     let (target_s, state_s) = (target.display().to_string(), state.display().to_string());
     let spec = start(
         &mut children,
         &[
-            "frontend", "--backend", &addr, "--volume", VOLUME, "--target", &target_s, "--state-dir", &state_s, "--nbd",
-            &nbd, "--background-rate", &rate,
+            "frontend",
+            "--backend",
+            &addr,
+            "--volume",
+            VOLUME,
+            "--target",
+            &target_s,
+            "--state-dir",
+            &state_s,
+            "--nbd",
+            &nbd,
+            "--background-rate",
+            &rate,
         ],
         "ferry frontend serving demo on ",
         &dir.join("frontend.log"),
     )?;
-    println!("frontend exporting NBD on {spec}, migrating into {}", target.display());
+    println!(
+        "frontend exporting NBD on {spec}, migrating into {}",
+        target.display()
+    );
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let wl = {
@@ -276,7 +320,8 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
             break;
         }
         let st = crate::cli::current_status(&state)?;
-        let pct = (st.chunks_total - st.chunks_untouched) as f64 / st.chunks_total.max(1) as f64 * 100.0;
+        let pct =
+            (st.chunks_total - st.chunks_untouched) as f64 / st.chunks_total.max(1) as f64 * 100.0;
         println!(
             "[{:5.1}s] {pct:5.1}% on target | fetched on demand {:>10} | background {:>10} | dirty chunks {}",
             t0.elapsed().as_secs_f64(),
@@ -289,11 +334,17 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let w = wl.join().map_err(|_| anyhow!("workload thread panicked"))??;
+    let w = wl
+        .join()
+        .map_err(|_| anyhow!("workload thread panicked"))??;
     let migrate_secs = t0.elapsed().as_secs_f64();
     let st = crate::cli::current_status(&state)?;
-    let req = dataplane::frontend::admin::AdminRequest { cmd: "cutover".into(), background_rate_bytes_per_s: None };
-    let reply = crate::admin_client::request(&state, &req, None)?.ok_or_else(|| anyhow!("frontend is gone"))?;
+    let req = dataplane::frontend::admin::AdminRequest {
+        cmd: "cutover".into(),
+        background_rate_bytes_per_s: None,
+    };
+    let reply = crate::admin_client::request(&state, &req, None)?
+        .ok_or_else(|| anyhow!("frontend is gone"))?;
     if !reply.ok {
         bail!("cutover failed: {}", reply.error.unwrap_or_default());
     }
@@ -309,8 +360,16 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
     println!("verified: target equals the source plus the workload's writes ({n} blocks of 4 KiB), and {} reads during migration returned the right data", w.reads);
     let moved = st.fetched_bytes_on_demand + st.fetched_bytes_background;
     println!("summary:");
-    println!("  volume            {} ({} chunks: {} zero/holes never sent)", human(size), st.chunks_total, st.chunks_zero);
-    println!("  migration         {migrate_secs:.1} s to ready, {:.1} s in all", started.elapsed().as_secs_f64());
+    println!(
+        "  volume            {} ({} chunks: {} zero/holes never sent)",
+        human(size),
+        st.chunks_total,
+        st.chunks_zero
+    );
+    println!(
+        "  migration         {migrate_secs:.1} s to ready, {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "  transferred       on demand {} | background {} | {:.0} MiB/s",
         human(st.fetched_bytes_on_demand),

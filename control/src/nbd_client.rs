@@ -26,8 +26,15 @@ pub struct NbdErrorReply {
 
 impl NbdClient {
     pub fn connect_unix(path: &Path, export: &str) -> Result<NbdClient> {
-        let stream = UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
-        let mut c = NbdClient { stream, size: 0, min_block: 1, flags: 0, cookie: 1 };
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("connecting to {}", path.display()))?;
+        let mut c = NbdClient {
+            stream,
+            size: 0,
+            min_block: 1,
+            flags: 0,
+            cookie: 1,
+        };
         c.handshake(export)?;
         Ok(c)
     }
@@ -42,9 +49,15 @@ impl NbdClient {
         let mut g = [0u8; nbd::GREETING_LEN];
         self.stream.read_exact(&mut g)?;
         nbd::decode_server_greeting(&g)?;
-        self.stream.write_all(&nbd::encode_client_flags(nbd::FLAG_C_FIXED_NEWSTYLE | nbd::FLAG_C_NO_ZEROES))?;
+        self.stream.write_all(&nbd::encode_client_flags(
+            nbd::FLAG_C_FIXED_NEWSTYLE | nbd::FLAG_C_NO_ZEROES,
+        ))?;
         let mut out = Vec::new();
-        nbd::encode_option(nbd::OPT_GO, &nbd::encode_info_request(export, &[nbd::INFO_BLOCK_SIZE]), &mut out);
+        nbd::encode_option(
+            nbd::OPT_GO,
+            &nbd::encode_info_request(export, &[nbd::INFO_BLOCK_SIZE]),
+            &mut out,
+        );
         self.stream.write_all(&out)?;
         loop {
             let mut hb = [0u8; nbd::OPTION_REPLY_HEADER_LEN];
@@ -52,7 +65,11 @@ impl NbdClient {
             let h = nbd::decode_option_reply_header(&hb)?;
             let data = self.read_exact(h.len as usize)?;
             if h.is_error() {
-                bail!("server refused NBD_OPT_GO ({:#x}): {}", h.reply_type, String::from_utf8_lossy(&data));
+                bail!(
+                    "server refused NBD_OPT_GO ({:#x}): {}",
+                    h.reply_type,
+                    String::from_utf8_lossy(&data)
+                );
             }
             match h.reply_type {
                 nbd::REP_ACK => return Ok(()),
@@ -69,10 +86,23 @@ impl NbdClient {
         }
     }
 
-    fn request(&mut self, command: Command, flags: u16, offset: u64, length: u32, payload: &[u8]) -> Result<u64> {
+    fn request(
+        &mut self,
+        command: Command,
+        flags: u16,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) -> Result<u64> {
         let cookie = self.cookie;
         self.cookie += 1;
-        let req = Request { flags, command, cookie, offset, length };
+        let req = Request {
+            flags,
+            command,
+            cookie,
+            offset,
+            length,
+        };
         self.stream.write_all(&nbd::encode_request(&req))?;
         if !payload.is_empty() {
             self.stream.write_all(payload)?;
@@ -122,7 +152,14 @@ impl NbdClient {
     }
 
     /// Sends a raw request header (for tests of bad input) and returns the reply's errno.
-    pub fn raw(&mut self, command: Command, flags: u16, offset: u64, length: u32, payload: &[u8]) -> Result<u32> {
+    pub fn raw(
+        &mut self,
+        command: Command,
+        flags: u16,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) -> Result<u32> {
         let cookie = self.request(command, flags, offset, length, payload)?;
         match self.reply(cookie) {
             Ok(()) => Ok(0),

@@ -16,11 +16,19 @@ pub struct ChunkBufs {
 
 impl ChunkBufs {
     pub fn new(capacity_bytes: usize, keep_max: usize) -> ChunkBufs {
-        ChunkBufs { capacity_bytes, keep_max, free: RefCell::new(Vec::new()) }
+        ChunkBufs {
+            capacity_bytes,
+            keep_max,
+            free: RefCell::new(Vec::new()),
+        }
     }
 
     pub fn take(&self) -> AlignedBuf {
-        let mut b = self.free.borrow_mut().pop().unwrap_or_else(|| AlignedBuf::new(self.capacity_bytes));
+        let mut b = self
+            .free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::new(self.capacity_bytes));
         b.set_len(self.capacity_bytes);
         b
     }

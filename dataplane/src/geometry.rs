@@ -32,7 +32,12 @@ impl Geometry {
     pub fn new(volume_size_bytes: u64, chunk_size_bytes: u32, cores: usize) -> Geometry {
         assert!(chunk_size_bytes.is_power_of_two() && cores > 0);
         let chunk_count = volume_size_bytes.div_ceil(u64::from(chunk_size_bytes));
-        Geometry { volume_size_bytes, chunk_size_bytes, chunk_count, cores }
+        Geometry {
+            volume_size_bytes,
+            chunk_size_bytes,
+            chunk_count,
+            cores,
+        }
     }
 
     pub fn chunk_offset(&self, chunk: u64) -> u64 {
@@ -63,7 +68,11 @@ impl Geometry {
             let in_chunk = pos % cs;
             let take = (cs - in_chunk).min(end - pos);
             pos += take;
-            Some(Piece { chunk, offset_in_chunk: in_chunk as u32, len: take as u32 })
+            Some(Piece {
+                chunk,
+                offset_in_chunk: in_chunk as u32,
+                len: take as u32,
+            })
         })
     }
 
@@ -121,8 +130,16 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                Piece { chunk: 0, offset_in_chunk: 61440, len: 4096 },
-                Piece { chunk: 1, offset_in_chunk: 0, len: 4096 }
+                Piece {
+                    chunk: 0,
+                    offset_in_chunk: 61440,
+                    len: 4096
+                },
+                Piece {
+                    chunk: 1,
+                    offset_in_chunk: 0,
+                    len: 4096
+                }
             ]
         );
     }

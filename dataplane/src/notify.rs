@@ -22,7 +22,10 @@ impl Notify {
 
     /// Resolves once `notify_all` is called after this call.
     pub fn wait(&self) -> Wait<'_> {
-        Wait { notify: self, seen: self.generation.get() }
+        Wait {
+            notify: self,
+            seen: self.generation.get(),
+        }
     }
 }
 

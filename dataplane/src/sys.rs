@@ -46,5 +46,12 @@ pub fn seek(file: &File, pos: u64, whence: libc::c_int) -> io::Result<Option<u64
 /// `fallocate(2)` with the given mode (e.g. pre-allocating a target file).
 pub fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: no pointers; the fd is owned by `file`.
-    check(unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) })
+    check(unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,55 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
             .unwrap_or(workspace.clone())
             .display()
     )
+}
+
+/// The workspace this benchmark was built from.
+pub fn workspace_dir() -> PathBuf {
+    let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    w.canonicalize().unwrap_or(w)
+}
+
+fn newest_rs_mtime(dir: &Path, newest: &mut Option<(SystemTime, PathBuf)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            newest_rs_mtime(&p, newest);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                if newest.as_ref().is_none_or(|(n, _)| *n < t) {
+                    *newest = Some((t, p));
+                }
+            }
+        }
+    }
+}
+
+/// A source file of the binary newer than the binary itself, if any: benchmarking a
+/// stale build is an easy mistake when several target directories are in use.
+pub fn newer_source_than(bin: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let w = workspace_dir();
+    let mut newest = None;
+    for d in ["src", "control/src", "dataplane/src", "wire-format/src"] {
+        newest_rs_mtime(&w.join(d), &mut newest);
+    }
+    newest.filter(|(t, _)| *t > built).map(|(_, p)| p)
+}
+
+/// `git describe --always --dirty` of the workspace, for the report.
+pub fn source_revision() -> String {
+    run_capture(
+        Command::new("git")
+            .arg("-C")
+            .arg(workspace_dir())
+            .args(["describe", "--always", "--dirty"]),
+        Duration::from_secs(10),
+    )
+    .map(|s| s.trim().to_string())
+    .unwrap_or_else(|_| "unknown".into())
 }
 
 pub struct Ferry {

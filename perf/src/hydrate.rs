@@ -26,6 +26,10 @@ use crate::fio::FioJob;
 /// Status polling interval (the measurement's resolution).
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// A hydration whose progress stands still this long has failed; say so without
+/// waiting for the whole timeout.
+const STALL: Duration = Duration::from_secs(60);
+
 /// Blocks compared between source and target after a hydration, as a sanity check that
 /// the rate belongs to a correct copy (a full compare would double the run time).
 const SAMPLE_BLOCKS: usize = 256;
@@ -123,10 +127,10 @@ pub fn ferry_round(
     Ferry::wait_serving(&mut frontend)?;
 
     if status.chunks_zero > 0 {
-        eprintln!(
-            "[ferry-perf] note: {} chunks reported zero in a random source",
+        crate::warn(&format!(
+            "{} chunks reported zero in a random source: the volume is not what this benchmark meant",
             status.chunks_zero
-        );
+        ));
     }
     let blocks_verified = verify_sample(p.source, p.target, size_bytes, round as u64)?;
     let secs = elapsed.as_secs_f64();
@@ -158,6 +162,7 @@ fn wait_hydrated(
     let mut last_err = None;
     let mut last: Option<Status> = None;
     let mut next = t0;
+    let mut progress_at = t0;
     loop {
         frontend.check_alive()?;
         // Before the frontend has written its state, `status` fails; that is expected.
@@ -166,9 +171,20 @@ fn wait_hydrated(
                 if st.chunks_total > 0 && st.chunks_untouched == 0 {
                     return Ok((t0.elapsed(), st));
                 }
+                if last.as_ref().map(|l| l.chunks_untouched) != Some(st.chunks_untouched) {
+                    progress_at = Instant::now();
+                }
                 last = Some(st);
             }
             Err(e) => last_err = Some(e),
+        }
+        if progress_at.elapsed() > STALL {
+            let untouched = last.as_ref().map_or(0, |l| l.chunks_untouched);
+            bail!(
+                "hydration stalled: chunks_untouched stayed at {untouched} for {STALL:?}; see the logs in {}\n{}",
+                state_dir.parent().unwrap_or(state_dir).join("logs").display(),
+                frontend.log_tail()
+            );
         }
         if t0.elapsed() > timeout {
             let progress = match (&last, &last_err) {

@@ -24,7 +24,7 @@ mod system;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -124,6 +124,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 static START: OnceLock<Instant> = OnceLock::new();
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A condition that weakens the numbers: printed now and listed in the report.
+pub fn warn(msg: &str) {
+    progress(&format!("warning: {msg}"));
+    WARNINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(msg.to_string());
+}
 
 /// Progress goes to stderr so stdout carries only the report.
 pub fn progress(msg: &str) {
@@ -178,15 +188,22 @@ fn run(cli: Cli) -> Result<Report> {
     system::require_tool("fio", "fio")?;
     system::require_tool("qemu-nbd", "qemu-utils")?;
     if !system::is_root() {
-        progress("warning: not root; the page cache cannot be dropped and the source read may come from RAM");
+        warn("not root; the page cache cannot be dropped and the source read may come from RAM");
     }
     let ferry = if cli.without_ferry {
         None
     } else {
         let bin = ferry::locate(cli.ferry.as_deref())?;
+        progress(&format!("ferry binary: {}", bin.display()));
+        if let Some(newer) = ferry::newer_source_than(&bin) {
+            warn(&format!(
+"{} is newer than the ferry binary; rebuild (cargo build --release) unless that is intended",
+                newer.display()
+            ));
+        }
         if bin.components().any(|c| c.as_os_str() == "debug") {
-            progress(&format!(
-                "warning: {} looks like a debug build; its numbers mean little",
+            warn(&format!(
+                "{} looks like a debug build; its numbers mean little",
                 bin.display()
             ));
         }
@@ -337,8 +354,8 @@ fn run(cli: Cli) -> Result<Report> {
     let mut servers = Vec::new();
     if let Some(l) = &live {
         if let Err(e) = l.frontend.reset_hwm() {
-            progress(&format!(
-                "warning: cannot reset the frontend's peak RSS, (b) includes (a): {e:#}"
+            warn(&format!(
+                "cannot reset the frontend's peak RSS, (b) includes (a): {e:#}"
             ));
         }
         servers.push(serve::Server {
@@ -395,8 +412,13 @@ fn run(cli: Cli) -> Result<Report> {
     Ok(Report {
         machine,
         reproduce: reproduce_command(ferry.is_some()),
+        source_revision: ferry::source_revision(),
         quick: cli.quick,
-        ferry: ferry.as_ref().map(|f| FerryInfo { binary: f.bin.display().to_string(), version: f.version(), tuning: f.tuning.clone() }),
+        ferry: ferry.as_ref().map(|f| FerryInfo {
+            binary: f.bin.display().to_string(),
+            version: f.version(),
+            tuning: f.tuning.clone(),
+        }),
         size_bytes,
         source: "seeded random data written in 1 MiB pieces, no holes and no zero chunks (checked with SEEK_HOLE), \
                  so neither side can skip anything"
@@ -408,6 +430,7 @@ fn run(cli: Cli) -> Result<Report> {
         serving,
         memory: mem,
         verdicts,
+        warnings: WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).clone(),
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Report {
     pub machine: Machine,
     /// The command that reproduces this run.
     pub reproduce: String,
+    /// `git describe --always --dirty` of the workspace.
+    pub source_revision: String,
     pub quick: bool,
     pub ferry: Option<FerryInfo>,
     pub size_bytes: u64,
@@ -42,6 +44,8 @@ pub struct Report {
     pub serving: Serving,
     pub memory: Memory,
     pub verdicts: Vec<Verdict>,
+    /// Conditions that weaken the numbers (stale or debug binary, page cache kept...).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,13 +259,18 @@ impl Report {
             }
         );
         if self.ferry.is_none() {
-            let _ = writeln!(o, "**Ferry was not run (`--without-ferry`): peers only, no ratios. qemu-nbd served the source file.**\n");
+            let _ = writeln!(o, "**No Ferry results in this run:** it ran with `--without-ferry` (the peers only, to check \
+             the set-up), so there are no ratios and no verdicts; qemu-nbd served the source file.\n");
         }
         let _ = writeln!(
             o,
             "* Reproduce (as root, from the workspace root): `{}`",
             self.reproduce
         );
+        for w in &self.warnings {
+            let _ = writeln!(o, "* **Warning:** {w}");
+        }
+        let _ = writeln!(o, "* Workspace revision {}", self.source_revision);
         let _ = writeln!(
             o,
             "* Kernel {}; CPU {} x {}; RAM {} MiB",

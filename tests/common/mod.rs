@@ -833,6 +833,18 @@ impl Harness {
         match self.kind {
             ServerKind::Ferry => {
                 let sd = self.state_dir.to_str().unwrap().to_string();
+                // Tests may have paused background migration; let it finish now.
+                let out = run_timeout(
+                    Command::new(FERRY).args([
+                        "set-rate",
+                        "--state-dir",
+                        &sd,
+                        "--background-rate",
+                        "unlimited",
+                    ]),
+                    Duration::from_secs(60),
+                );
+                assert!(out.status.success(), "set-rate failed: {}", stderr_of(&out));
                 let out = run_timeout(
                     Command::new(FERRY).args(["cutover", "--state-dir", &sd, "--wait"]),
                     MIGRATION_TIMEOUT,

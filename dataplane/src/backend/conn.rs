@@ -50,34 +50,73 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(FETCHES_IN_FLIGHT_MAX));
     let result = conn.read_loop(&mut reader, &permits).await;
     match result {
-        Ok(()) => tracing::info!(core = runtime::current_core(), chunks = conn.chunks_sent.get(),
-            zero_chunks = conn.zero_chunks_sent.get(), bytes = conn.bytes_sent.get(), "frontend disconnected"),
+        Ok(()) => tracing::info!(
+            core = runtime::current_core(),
+            chunks = conn.chunks_sent.get(),
+            zero_chunks = conn.zero_chunks_sent.get(),
+            bytes = conn.bytes_sent.get(),
+            "frontend disconnected"
+        ),
         Err(e) => {
             tracing::warn!(error = %e, chunks = conn.chunks_sent.get(), "connection ended with an error");
             let msg = e.to_string();
-            let _ = conn.send_frame(0, &Frame::Error { code: ErrorCode::InvalidRequest, message: &msg }).await;
+            let _ = conn
+                .send_frame(
+                    0,
+                    &Frame::Error {
+                        code: ErrorCode::InvalidRequest,
+                        message: &msg,
+                    },
+                )
+                .await;
         }
     }
     stream.shutdown();
 }
 
 impl Conn {
-    async fn read_loop(self: &Rc<Self>, reader: &mut FrameReader, permits: &std::sync::Arc<async_lock::Semaphore>) -> Result<(), LinkError> {
+    async fn read_loop(
+        self: &Rc<Self>,
+        reader: &mut FrameReader,
+        permits: &std::sync::Arc<async_lock::Semaphore>,
+    ) -> Result<(), LinkError> {
         loop {
             let Some((id, frame)) = reader.next().await? else {
                 return Ok(());
             };
             match frame {
-                Frame::Hello { version_min, version_max, .. } => {
+                Frame::Hello {
+                    version_min,
+                    version_max,
+                    ..
+                } => {
                     if !(version_min..=version_max).contains(&frame::VERSION) {
                         let msg = format!("this backend speaks version {}, peer offers {version_min}..={version_max}", frame::VERSION);
-                        self.send_frame(id, &Frame::Error { code: ErrorCode::VersionMismatch, message: &msg }).await?;
+                        self.send_frame(
+                            id,
+                            &Frame::Error {
+                                code: ErrorCode::VersionMismatch,
+                                message: &msg,
+                            },
+                        )
+                        .await?;
                         return Err(LinkError::Protocol(msg));
                     }
-                    self.send_frame(id, &Frame::HelloAck { version: frame::VERSION, capabilities: crate::link::CAPABILITIES }).await?;
+                    self.send_frame(
+                        id,
+                        &Frame::HelloAck {
+                            version: frame::VERSION,
+                            capabilities: crate::link::CAPABILITIES,
+                        },
+                    )
+                    .await?;
                 }
                 Frame::Open { chunk_size, name } => self.open(id, name, chunk_size).await?,
-                Frame::Fetch { handle, class, chunks } => {
+                Frame::Fetch {
+                    handle,
+                    class,
+                    chunks,
+                } => {
                     let opened = self.lookup(handle)?;
                     let permit = permits.acquire_arc().await;
                     let conn = self.clone();
@@ -90,12 +129,20 @@ impl Conn {
                     })
                     .detach();
                 }
-                Frame::WriteBack { handle, offset, data } => {
+                Frame::WriteBack {
+                    handle,
+                    offset,
+                    data,
+                } => {
                     let opened = self.lookup(handle)?;
                     let r = self.write_back(&opened, offset, data).await;
                     self.answer(id, r).await?;
                 }
-                Frame::WriteZeroes { handle, offset, len } => {
+                Frame::WriteZeroes {
+                    handle,
+                    offset,
+                    len,
+                } => {
                     let opened = self.lookup(handle)?;
                     let r = self.write_zeroes(&opened, offset, len).await;
                     self.answer(id, r).await?;
@@ -104,13 +151,19 @@ impl Conn {
                     let opened = self.lookup(handle)?;
                     let w = self.writer(&opened);
                     let r = match w {
-                        Ok(w) => w.fdatasync().await.map_err(|e| (ErrorCode::Io, format!("fdatasync of the source: {e}"))),
+                        Ok(w) => w
+                            .fdatasync()
+                            .await
+                            .map_err(|e| (ErrorCode::Io, format!("fdatasync of the source: {e}"))),
                         Err(e) => Err(e),
                     };
                     self.answer(id, r).await?;
                 }
                 other => {
-                    return Err(LinkError::Protocol(format!("unexpected {:?} from a frontend", other.kind())));
+                    return Err(LinkError::Protocol(format!(
+                        "unexpected {:?} from a frontend",
+                        other.kind()
+                    )));
                 }
             }
         }
@@ -140,7 +193,14 @@ impl Conn {
             Ok(()) => self.send_frame(id, &Frame::Ack).await,
             Err((code, message)) => {
                 tracing::warn!(?code, %message, "write-back request failed");
-                self.send_frame(id, &Frame::Error { code, message: &message }).await
+                self.send_frame(
+                    id,
+                    &Frame::Error {
+                        code,
+                        message: &message,
+                    },
+                )
+                .await
             }
         }
     }
@@ -148,32 +208,76 @@ impl Conn {
     async fn open(&self, id: u64, name: &str, chunk_size: u32) -> Result<(), LinkError> {
         let Some(index) = self.volumes.iter().position(|v| v.name == name) else {
             let msg = format!("no volume named {name:?} on this backend");
-            return self.send_frame(id, &Frame::Error { code: ErrorCode::NotFound, message: &msg }).await;
+            return self
+                .send_frame(
+                    id,
+                    &Frame::Error {
+                        code: ErrorCode::NotFound,
+                        message: &msg,
+                    },
+                )
+                .await;
         };
         let vol = &self.volumes[index];
         let reader = match open_reader(vol) {
             Ok(f) => f,
             Err(e) => {
                 let msg = format!("cannot open {}: {e}", vol.path.display());
-                return self.send_frame(id, &Frame::Error { code: ErrorCode::Io, message: &msg }).await;
+                return self
+                    .send_frame(
+                        id,
+                        &Frame::Error {
+                            code: ErrorCode::Io,
+                            message: &msg,
+                        },
+                    )
+                    .await;
             }
         };
         let handle = self.next_handle.get();
         self.next_handle.set(handle + 1);
         self.opened.borrow_mut().insert(
             handle,
-            Rc::new(Opened { volume: index, chunk_size_bytes: chunk_size, reader, writer: RefCell::new(None) }),
+            Rc::new(Opened {
+                volume: index,
+                chunk_size_bytes: chunk_size,
+                reader,
+                writer: RefCell::new(None),
+            }),
         );
         let frames = vol.extents.chunks(MAX_EXTENTS_PER_FRAME);
         let extent_frames = frames.len() as u32;
-        self.send_frame(id, &Frame::OpenOk { handle, size: vol.size_bytes, chunk_size, extent_frames }).await?;
+        self.send_frame(
+            id,
+            &Frame::OpenOk {
+                handle,
+                size: vol.size_bytes,
+                chunk_size,
+                extent_frames,
+            },
+        )
+        .await?;
         for part in vol.extents.chunks(MAX_EXTENTS_PER_FRAME) {
-            self.send_frame(id, &Frame::Extents { handle, extents: part.to_vec() }).await?;
+            self.send_frame(
+                id,
+                &Frame::Extents {
+                    handle,
+                    extents: part.to_vec(),
+                },
+            )
+            .await?;
         }
         Ok(())
     }
 
-    async fn fetch(&self, id: u64, handle: u32, opened: &Opened, _class: Class, chunks: &[u64]) -> Result<(), LinkError> {
+    async fn fetch(
+        &self,
+        id: u64,
+        handle: u32,
+        opened: &Opened,
+        _class: Class,
+        chunks: &[u64],
+    ) -> Result<(), LinkError> {
         debug_assert!(chunks.len() <= MAX_FETCH_CHUNKS);
         let vol = &self.volumes[opened.volume];
         let cs = u64::from(opened.chunk_size_bytes);
@@ -182,7 +286,16 @@ impl Conn {
             let offset = chunk.checked_mul(cs).filter(|&o| o < vol.size_bytes);
             let Some(offset) = offset else {
                 let msg = format!("chunk {chunk} is past the end of the volume");
-                self.send_frame(id, &Frame::ChunkError { handle, chunk, code: ErrorCode::OutOfRange, message: &msg }).await?;
+                self.send_frame(
+                    id,
+                    &Frame::ChunkError {
+                        handle,
+                        chunk,
+                        code: ErrorCode::OutOfRange,
+                        message: &msg,
+                    },
+                )
+                .await?;
                 continue;
             };
             let len = cs.min(vol.size_bytes - offset) as usize;
@@ -190,13 +303,26 @@ impl Conn {
                 self.send_zero(id, handle, chunk).await?;
                 continue;
             }
-            let mut buf = if len <= pool.buf_size() { pool.take().await } else { AlignedBuf::new(len) };
+            let mut buf = if len <= pool.buf_size() {
+                pool.take().await
+            } else {
+                AlignedBuf::new(len)
+            };
             buf.set_len(len);
             let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
             if let Err(e) = res {
                 let msg = format!("reading {} at {offset}: {e}", vol.path.display());
                 tracing::warn!(%msg, "source read failed");
-                self.send_frame(id, &Frame::ChunkError { handle, chunk, code: ErrorCode::Io, message: &msg }).await?;
+                self.send_frame(
+                    id,
+                    &Frame::ChunkError {
+                        handle,
+                        chunk,
+                        code: ErrorCode::Io,
+                        message: &msg,
+                    },
+                )
+                .await?;
                 continue;
             }
             if is_zero(&buf) {
@@ -208,7 +334,7 @@ impl Conn {
             out.clear();
             frame::encode_chunk_data_prefix(id, handle, chunk, &buf, &mut out)?;
             let out_len = out.len();
-        let (res, out) = self.stream.send_all(out, 0..out_len).await;
+            let (res, out) = self.stream.send_all(out, 0..out_len).await;
             *guard = out;
             res?;
             let (res, _buf) = self.stream.send_all(buf, 0..len).await;
@@ -222,21 +348,31 @@ impl Conn {
 
     async fn send_zero(&self, id: u64, handle: u32, chunk: u64) -> Result<(), LinkError> {
         self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
-        self.send_frame(id, &Frame::ChunkZero { handle, chunk }).await
+        self.send_frame(id, &Frame::ChunkZero { handle, chunk })
+            .await
     }
 
     fn writer(&self, opened: &Opened) -> Result<File, (ErrorCode, String)> {
         let vol = &self.volumes[opened.volume];
         if !vol.writable {
-            return Err((ErrorCode::ReadOnly, format!("{} was opened read-only", vol.path.display())));
+            return Err((
+                ErrorCode::ReadOnly,
+                format!("{} was opened read-only", vol.path.display()),
+            ));
         }
         if let Some(w) = opened.writer.borrow().as_ref() {
             return Ok(w.clone());
         }
         // Buffered on purpose: write-back happens once, at abort, in chunk-sized pieces that may
         // not meet the source's O_DIRECT alignment at its end; Sync makes it durable.
-        let opts = OpenOptions { read: true, write: true, create: false, direct: false };
-        let w = File::open(&vol.path, &opts).map_err(|e| (ErrorCode::Io, format!("open {}: {e}", vol.path.display())))?;
+        let opts = OpenOptions {
+            read: true,
+            write: true,
+            create: false,
+            direct: false,
+        };
+        let w = File::open(&vol.path, &opts)
+            .map_err(|e| (ErrorCode::Io, format!("open {}: {e}", vol.path.display())))?;
         *opened.writer.borrow_mut() = Some(w.clone());
         Ok(w)
     }
@@ -244,11 +380,19 @@ impl Conn {
     fn check_range(vol: &SourceVolume, offset: u64, len: u64) -> Result<(), (ErrorCode, String)> {
         match offset.checked_add(len) {
             Some(end) if end <= vol.size_bytes => Ok(()),
-            _ => Err((ErrorCode::OutOfRange, format!("range {offset}+{len} is past the end ({})", vol.size_bytes))),
+            _ => Err((
+                ErrorCode::OutOfRange,
+                format!("range {offset}+{len} is past the end ({})", vol.size_bytes),
+            )),
         }
     }
 
-    async fn write_back(&self, opened: &Opened, offset: u64, data: &[u8]) -> Result<(), (ErrorCode, String)> {
+    async fn write_back(
+        &self,
+        opened: &Opened,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), (ErrorCode, String)> {
         let vol = &self.volumes[opened.volume];
         Self::check_range(vol, offset, data.len() as u64)?;
         let w = self.writer(opened)?;
@@ -256,10 +400,20 @@ impl Conn {
         buf.set_len(data.len());
         buf.copy_from_slice(data);
         let (res, _) = w.write_all_at(buf, offset).await;
-        res.map_err(|e| (ErrorCode::Io, format!("write-back to {} at {offset}: {e}", vol.path.display())))
+        res.map_err(|e| {
+            (
+                ErrorCode::Io,
+                format!("write-back to {} at {offset}: {e}", vol.path.display()),
+            )
+        })
     }
 
-    async fn write_zeroes(&self, opened: &Opened, offset: u64, len: u64) -> Result<(), (ErrorCode, String)> {
+    async fn write_zeroes(
+        &self,
+        opened: &Opened,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), (ErrorCode, String)> {
         let vol = &self.volumes[opened.volume];
         Self::check_range(vol, offset, len)?;
         let w = self.writer(opened)?;
@@ -267,7 +421,12 @@ impl Conn {
         match w.fallocate(mode, offset, len).await {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
-            Err(e) => return Err((ErrorCode::Io, format!("zeroing {} at {offset}: {e}", vol.path.display()))),
+            Err(e) => {
+                return Err((
+                    ErrorCode::Io,
+                    format!("zeroing {} at {offset}: {e}", vol.path.display()),
+                ))
+            }
         }
         // No ZERO_RANGE here: write zeros.
         let piece = 1u64 << 20;
@@ -278,7 +437,12 @@ impl Conn {
             buf.set_len(n as usize);
             let (res, b) = w.write_all_at(buf, pos).await;
             buf = b;
-            res.map_err(|e| (ErrorCode::Io, format!("zeroing {} at {pos}: {e}", vol.path.display())))?;
+            res.map_err(|e| {
+                (
+                    ErrorCode::Io,
+                    format!("zeroing {} at {pos}: {e}", vol.path.display()),
+                )
+            })?;
             pos += n;
         }
         Ok(())
@@ -286,13 +450,24 @@ impl Conn {
 }
 
 fn open_reader(vol: &SourceVolume) -> std::io::Result<File> {
-    let opts = OpenOptions { read: true, write: false, create: false, direct: true };
+    let opts = OpenOptions {
+        read: true,
+        write: false,
+        create: false,
+        direct: true,
+    };
     let f = File::open(&vol.path, &opts)?;
-    if vol.size_bytes % f.dio_align().offset as u64 == 0 {
+    if vol.size_bytes.is_multiple_of(f.dio_align().offset as u64) {
         return Ok(f);
     }
     tracing::warn!(path = %vol.path.display(), "size is not a multiple of the O_DIRECT alignment; reading it buffered");
-    File::open(&vol.path, &OpenOptions { direct: false, ..opts })
+    File::open(
+        &vol.path,
+        &OpenOptions {
+            direct: false,
+            ..opts
+        },
+    )
 }
 
 /// All-zero test in 64-byte blocks: stops at the first non-zero block, which for real data
@@ -300,7 +475,10 @@ fn open_reader(vol: &SourceVolume) -> std::io::Result<File> {
 pub(crate) fn is_zero(data: &[u8]) -> bool {
     let blocks = data.chunks_exact(64);
     let tail = blocks.remainder();
-    blocks.into_iter().all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0) && tail.iter().all(|&b| b == 0)
+    blocks
+        .into_iter()
+        .all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0)
+        && tail.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]

@@ -30,7 +30,10 @@ pub enum BackendError {
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("duplicate volume name {0}")]
     DuplicateName(String),
     #[error("no volume given: pass --volume NAME=PATH")]
@@ -39,7 +42,10 @@ pub enum BackendError {
 
 /// Runs the backend until the process is killed. `ready` is called once with the listening
 /// address.
-pub fn run(cfg: BackendConfig, ready: impl FnOnce(String) + Send + 'static) -> Result<(), BackendError> {
+pub fn run(
+    cfg: BackendConfig,
+    ready: impl FnOnce(String) + Send + 'static,
+) -> Result<(), BackendError> {
     runtime::probe()?;
     if cfg.volumes.is_empty() {
         return Err(BackendError::NoVolume);
@@ -56,16 +62,31 @@ pub fn run(cfg: BackendConfig, ready: impl FnOnce(String) + Send + 'static) -> R
     }
     let volumes = Arc::new(volumes);
     // Bind before the cores start so a bad address fails the command at once.
-    let std_listener = std::net::TcpListener::bind(cfg.listen)
-        .map_err(|source| BackendError::Listen { addr: cfg.listen, source })?;
-    let addr = std_listener.local_addr().map_err(|source| BackendError::Listen { addr: cfg.listen, source })?;
+    let std_listener =
+        std::net::TcpListener::bind(cfg.listen).map_err(|source| BackendError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = std_listener
+        .local_addr()
+        .map_err(|source| BackendError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
     drop(std_listener);
     let listen = addr;
-    let rt = RuntimeConfig { cores: cfg.cores.max(1), ..RuntimeConfig::default() };
+    let rt = RuntimeConfig {
+        cores: cfg.cores.max(1),
+        ..RuntimeConfig::default()
+    };
     let ready = std::sync::Mutex::new(Some(ready));
     let set = CoreSet::start(rt, move |core| {
         let volumes = volumes.clone();
-        let ready = if core == 0 { ready.lock().ok().and_then(|mut r| r.take()) } else { None };
+        let ready = if core == 0 {
+            ready.lock().ok().and_then(|mut r| r.take())
+        } else {
+            None
+        };
         async move {
             if core != 0 {
                 return;

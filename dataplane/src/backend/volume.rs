@@ -23,30 +23,62 @@ pub struct SourceVolume {
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("volume {name}: cannot open {path}: {source}")]
-    Open { name: String, path: PathBuf, source: io::Error },
-    #[error("volume {name}: {path} is in use by another process (flock); stop the other owner first")]
+    Open {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "volume {name}: {path} is in use by another process (flock); stop the other owner first"
+    )]
     Locked { name: String, path: PathBuf },
     #[error("volume {name}: {path}: {what}: {source}")]
-    Probe { name: String, path: PathBuf, what: &'static str, source: io::Error },
-    #[error("volume {name}: {path} is {size} bytes; a volume must be a non-zero multiple of 512 bytes")]
-    BadSize { name: String, path: PathBuf, size: u64 },
+    Probe {
+        name: String,
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "volume {name}: {path} is {size} bytes; a volume must be a non-zero multiple of 512 bytes"
+    )]
+    BadSize {
+        name: String,
+        path: PathBuf,
+        size: u64,
+    },
 }
 
 impl SourceVolume {
     pub fn open(name: &str, path: &Path) -> Result<SourceVolume, VolumeError> {
-        let open_err = |source| VolumeError::Open { name: name.into(), path: path.into(), source };
+        let open_err = |source| VolumeError::Open {
+            name: name.into(),
+            path: path.into(),
+            source,
+        };
         let (file, writable) = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EROFS) => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EACCES)
+                    || e.raw_os_error() == Some(libc::EROFS) =>
+            {
                 tracing::warn!(volume = name, path = %path.display(), "source is read-only: abort (write-back) will be refused");
                 (File::open(path).map_err(open_err)?, false)
             }
             Err(e) => return Err(open_err(e)),
         };
         if crate::sys::flock_exclusive(&file).is_err() {
-            return Err(VolumeError::Locked { name: name.into(), path: path.into() });
+            return Err(VolumeError::Locked {
+                name: name.into(),
+                path: path.into(),
+            });
         }
-        let probe = |what, source| VolumeError::Probe { name: name.into(), path: path.into(), what, source };
+        let probe = |what, source| VolumeError::Probe {
+            name: name.into(),
+            path: path.into(),
+            what,
+            source,
+        };
         let meta = file.metadata().map_err(|e| probe("stat", e))?;
         let is_block_device = meta.file_type().is_block_device();
         let size_bytes = if is_block_device {
@@ -55,14 +87,26 @@ impl SourceVolume {
             meta.len()
         };
         if size_bytes == 0 || size_bytes % 512 != 0 {
-            return Err(VolumeError::BadSize { name: name.into(), path: path.into(), size: size_bytes });
+            return Err(VolumeError::BadSize {
+                name: name.into(),
+                path: path.into(),
+                size: size_bytes,
+            });
         }
         let extents = if is_block_device {
             vec![(0, size_bytes)]
         } else {
             data_extents(&file, size_bytes).map_err(|e| probe("SEEK_DATA/SEEK_HOLE", e))?
         };
-        Ok(SourceVolume { name: name.into(), path: path.into(), size_bytes, is_block_device, extents, writable, _lock: file })
+        Ok(SourceVolume {
+            name: name.into(),
+            path: path.into(),
+            size_bytes,
+            is_block_device,
+            extents,
+            writable,
+            _lock: file,
+        })
     }
 
     /// Whether `[offset, offset + len)` lies entirely in a hole.
@@ -86,7 +130,12 @@ fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
         let data = match seek(file, pos, libc::SEEK_DATA) {
             Ok(Some(d)) => d,
             Ok(None) => break,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
                 return Ok(vec![(0, size)]);
             }
             Err(e) => return Err(e),
@@ -120,6 +169,9 @@ mod tests {
         assert!(!v.is_hole(1 << 20, 65536));
         assert!(v.is_hole(3 << 20, 1 << 20));
         // A second owner is refused.
-        assert!(matches!(SourceVolume::open("v", &p), Err(VolumeError::Locked { .. })));
+        assert!(matches!(
+            SourceVolume::open("v", &p),
+            Err(VolumeError::Locked { .. })
+        ));
     }
 }

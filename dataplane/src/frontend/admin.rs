@@ -51,18 +51,20 @@ pub struct Admin {
 }
 
 pub fn spawn(listener: UnixListener, admin: Admin) -> std::io::Result<()> {
-    std::thread::Builder::new().name("ferry-admin".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(c) => {
-                    if admin.serve(c) {
-                        return;
+    std::thread::Builder::new()
+        .name("ferry-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if admin.serve(c) {
+                            return;
+                        }
                     }
+                    Err(e) => tracing::warn!(error = %e, "admin accept failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "admin accept failed"),
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -78,7 +80,14 @@ impl Admin {
         }
         let (reply, finished) = match serde_json::from_str::<AdminRequest>(&line) {
             Ok(req) => self.handle(req),
-            Err(e) => (AdminReply { ok: false, error: Some(format!("bad admin request: {e}")), ..Default::default() }, false),
+            Err(e) => (
+                AdminReply {
+                    ok: false,
+                    error: Some(format!("bad admin request: {e}")),
+                    ..Default::default()
+                },
+                false,
+            ),
         };
         let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
         text.push('\n');
@@ -90,7 +99,9 @@ impl Admin {
     }
 
     fn status(&self) -> Status {
-        let mut st = self.handle.call_blocking(0, || async { coordinator::status(&local_volume()).await });
+        let mut st = self
+            .handle
+            .call_blocking(0, || async { coordinator::status(&local_volume()).await });
         st.target = self.session.target.display().to_string();
         st.uptime_ms = self.started.elapsed().as_millis() as u64;
         st
@@ -98,16 +109,34 @@ impl Admin {
 
     fn handle(&self, req: AdminRequest) -> (AdminReply, bool) {
         match req.cmd.as_str() {
-            "status" => (AdminReply { ok: true, status: Some(self.status()), ..Default::default() }, false),
+            "status" => (
+                AdminReply {
+                    ok: true,
+                    status: Some(self.status()),
+                    ..Default::default()
+                },
+                false,
+            ),
             "set-rate" => {
                 let rate = req.background_rate_bytes_per_s;
                 self.handle.call_blocking(0, move || async move {
-                    local_volume().on_all(move |s| async move { s.background_rate.set(rate) }).await;
+                    local_volume()
+                        .on_all(move |s| async move { s.background_rate.set(rate) })
+                        .await;
                 });
-                (AdminReply { ok: true, message: Some("background rate set".into()), ..Default::default() }, false)
+                (
+                    AdminReply {
+                        ok: true,
+                        message: Some("background rate set".into()),
+                        ..Default::default()
+                    },
+                    false,
+                )
             }
             "cutover" => {
-                let r = self.handle.call_blocking(0, || async { coordinator::cutover(&local_volume()).await });
+                let r = self
+                    .handle
+                    .call_blocking(0, || async { coordinator::cutover(&local_volume()).await });
                 match r {
                     Ok(_) => match self.record(Phase::Completed) {
                         Ok(()) => {
@@ -116,12 +145,28 @@ impl Admin {
                                 self.session.target.display()
                             );
                             self.set_outcome(&msg);
-                            (AdminReply { ok: true, message: Some(msg), ..Default::default() }, true)
+                            (
+                                AdminReply {
+                                    ok: true,
+                                    message: Some(msg),
+                                    ..Default::default()
+                                },
+                                true,
+                            )
                         }
                         Err(e) => {
-                            self.handle.call_blocking(0, || async { coordinator::resume(&local_volume()).await });
+                            self.handle.call_blocking(0, || async {
+                                coordinator::resume(&local_volume()).await
+                            });
                             let error = format!("cutover failed: cannot record the phase: {e}");
-                            (AdminReply { ok: false, error: Some(error), ..Default::default() }, false)
+                            (
+                                AdminReply {
+                                    ok: false,
+                                    error: Some(error),
+                                    ..Default::default()
+                                },
+                                false,
+                            )
                         }
                     },
                     Err(e) => {
@@ -129,36 +174,79 @@ impl Admin {
                             CutoverError::Untouched(n) => Some(n),
                             CutoverError::Failed(_) => None,
                         };
-                        (AdminReply { ok: false, error: Some(e.to_string()), untouched, ..Default::default() }, false)
+                        (
+                            AdminReply {
+                                ok: false,
+                                error: Some(e.to_string()),
+                                untouched,
+                                ..Default::default()
+                            },
+                            false,
+                        )
                     }
                 }
             }
             "abort" => {
-                let r = self.handle.call_blocking(0, || async { coordinator::abort(&local_volume()).await });
+                let r = self
+                    .handle
+                    .call_blocking(0, || async { coordinator::abort(&local_volume()).await });
                 match r {
                     Ok(n) => match self.record(Phase::Aborted) {
                         Ok(()) => {
                             let msg = format!("abort complete: {n} chunks written back to the source, which is current and durable");
                             self.set_outcome(&msg);
-                            (AdminReply { ok: true, message: Some(msg), ..Default::default() }, true)
+                            (
+                                AdminReply {
+                                    ok: true,
+                                    message: Some(msg),
+                                    ..Default::default()
+                                },
+                                true,
+                            )
                         }
                         Err(e) => {
-                            let error = format!("abort wrote the source back but cannot record the phase: {e}");
-                            (AdminReply { ok: false, error: Some(error), ..Default::default() }, false)
+                            let error = format!(
+                                "abort wrote the source back but cannot record the phase: {e}"
+                            );
+                            (
+                                AdminReply {
+                                    ok: false,
+                                    error: Some(error),
+                                    ..Default::default()
+                                },
+                                false,
+                            )
                         }
                     },
-                    Err(e) => (AdminReply { ok: false, error: Some(e), ..Default::default() }, false),
+                    Err(e) => (
+                        AdminReply {
+                            ok: false,
+                            error: Some(e),
+                            ..Default::default()
+                        },
+                        false,
+                    ),
                 }
             }
             other => {
                 let error = format!("unknown admin command {other:?}");
-                (AdminReply { ok: false, error: Some(error), ..Default::default() }, false)
+                (
+                    AdminReply {
+                        ok: false,
+                        error: Some(error),
+                        ..Default::default()
+                    },
+                    false,
+                )
             }
         }
     }
 
     fn record(&self, phase: Phase) -> std::io::Result<()> {
-        let s = SessionState { phase, ..self.session.clone() };
+        let s = SessionState {
+            phase,
+            ..self.session.clone()
+        };
         state::store(&self.dir, &s)
     }
 
@@ -169,7 +257,9 @@ impl Admin {
     }
 
     fn stop(&self) {
-        self.handle.call_blocking(0, || async { coordinator::shut_down(&local_volume()).await });
+        self.handle.call_blocking(0, || async {
+            coordinator::shut_down(&local_volume()).await
+        });
         let _ = std::fs::remove_file(state::admin_path(&self.dir));
         self.handle.shutdown();
     }

@@ -27,12 +27,19 @@ pub async fn status(vol: &Rc<Volume>) -> Status {
         chunks_total: vol.geo.chunk_count,
         ..Status::default()
     };
-    let all = vol.on_all(|s| async move { (numbers(&s), s.background_rate.get()) }).await;
+    let all = vol
+        .on_all(|s| async move { (numbers(&s), s.background_rate.get()) })
+        .await;
     for (n, rate) in &all {
         st.add(n);
         st.background_rate_bytes_per_s = *rate;
     }
-    st.state = if st.chunks_untouched == 0 { "ready" } else { "migrating" }.into();
+    st.state = if st.chunks_untouched == 0 {
+        "ready"
+    } else {
+        "migrating"
+    }
+    .into();
     st
 }
 
@@ -88,7 +95,9 @@ pub async fn abort(vol: &Rc<Volume>) -> Result<u64, String> {
         resume(vol).await;
         return Err(e.to_string());
     }
-    let results = vol.on_all(|s| async move { s.write_back_all().await }).await;
+    let results = vol
+        .on_all(|s| async move { s.write_back_all().await })
+        .await;
     let mut total = 0;
     for r in results {
         match r {

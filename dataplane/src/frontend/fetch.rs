@@ -56,7 +56,12 @@ impl Shard {
     /// Starts one fetch request for those of `chunks` that are `Untouched` and not already
     /// being fetched. `done` runs when the request has finished (used to release a
     /// background permit). Returns how many chunks were asked for.
-    pub fn start_fetch(self: &Rc<Self>, chunks: &[u64], class: Class, done: Option<Box<dyn FnOnce()>>) -> usize {
+    pub fn start_fetch(
+        self: &Rc<Self>,
+        chunks: &[u64],
+        class: Class,
+        done: Option<Box<dyn FnOnce()>>,
+    ) -> usize {
         let mut wanted = Vec::with_capacity(chunks.len());
         for &c in chunks {
             if self.state(c) != ChunkState::Untouched {
@@ -128,7 +133,8 @@ impl Shard {
                         break;
                     }
                     Err(_) => {
-                        last_error = format!("no reply from the backend for {FETCH_REPLY_TIMEOUT:?}");
+                        last_error =
+                            format!("no reply from the backend for {FETCH_REPLY_TIMEOUT:?}");
                         link.kill();
                         break;
                     }
@@ -136,13 +142,18 @@ impl Shard {
                 let (chunk, fill) = match reply {
                     Reply::Data { chunk, buf } => (chunk, Fill::Data(buf)),
                     Reply::Zero { chunk } => (chunk, Fill::Zero),
-                    Reply::ChunkError { chunk, code, message } if remaining.contains(&chunk) => {
+                    Reply::ChunkError {
+                        chunk,
+                        code,
+                        message,
+                    } if remaining.contains(&chunk) => {
                         remaining.remove(&chunk);
                         self.fetch_failed(chunk, format!("backend: {code:?}: {message}"));
                         continue;
                     }
                     Reply::ChunkError { chunk, .. } => {
-                        last_error = format!("backend answered for chunk {chunk}, which was not asked for");
+                        last_error =
+                            format!("backend answered for chunk {chunk}, which was not asked for");
                         link.kill();
                         break;
                     }
@@ -159,9 +170,13 @@ impl Shard {
                 };
                 let expected_len = self.geo.chunk_len(chunk) as usize;
                 let bad = if !remaining.contains(&chunk) {
-                    Some(format!("backend sent chunk {chunk}, which was not asked for"))
+                    Some(format!(
+                        "backend sent chunk {chunk}, which was not asked for"
+                    ))
                 } else if let Fill::Data(b) = &fill {
-                    (b.len() != expected_len).then(|| format!("chunk {chunk}: {} bytes, expected {expected_len}", b.len()))
+                    (b.len() != expected_len).then(|| {
+                        format!("chunk {chunk}: {} bytes, expected {expected_len}", b.len())
+                    })
                 } else {
                     None
                 };
@@ -191,7 +206,9 @@ impl Shard {
 
     fn fetch_failed(&self, chunk: u64, reason: String) {
         tracing::error!(chunk, %reason, "fetch failed");
-        self.stats.fetch_failures.set(self.stats.fetch_failures.get() + 1);
+        self.stats
+            .fetch_failures
+            .set(self.stats.fetch_failures.get() + 1);
         let slot = self.slot(chunk);
         *slot.fetch_error.borrow_mut() = Some(reason);
         self.end_fetch(chunk, &slot);
@@ -199,7 +216,8 @@ impl Shard {
 
     fn end_fetch(&self, chunk: u64, slot: &super::shard::ChunkSlot) {
         slot.fetching.set(false);
-        self.fetches_in_flight.set(self.fetches_in_flight.get().saturating_sub(1));
+        self.fetches_in_flight
+            .set(self.fetches_in_flight.get().saturating_sub(1));
         self.fetches_changed.notify_all();
         slot.changed.notify_all();
         self.release(chunk);
@@ -230,7 +248,9 @@ impl Shard {
                 }
             }
             Fill::Zero => {
-                self.stats.zero_replies.set(self.stats.zero_replies.get() + 1);
+                self.stats
+                    .zero_replies
+                    .set(self.stats.zero_replies.get() + 1);
                 let res = if self.target_fresh {
                     Ok(())
                 } else {
@@ -264,12 +284,16 @@ impl Shard {
         let s = &self.stats;
         match class {
             Class::OnDemand => {
-                s.fetched_chunks_on_demand.set(s.fetched_chunks_on_demand.get() + 1);
-                s.fetched_bytes_on_demand.set(s.fetched_bytes_on_demand.get() + bytes);
+                s.fetched_chunks_on_demand
+                    .set(s.fetched_chunks_on_demand.get() + 1);
+                s.fetched_bytes_on_demand
+                    .set(s.fetched_bytes_on_demand.get() + bytes);
             }
             Class::Background => {
-                s.fetched_chunks_background.set(s.fetched_chunks_background.get() + 1);
-                s.fetched_bytes_background.set(s.fetched_bytes_background.get() + bytes);
+                s.fetched_chunks_background
+                    .set(s.fetched_chunks_background.get() + 1);
+                s.fetched_bytes_background
+                    .set(s.fetched_bytes_background.get() + bytes);
             }
         }
     }

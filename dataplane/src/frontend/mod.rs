@@ -76,23 +76,35 @@ pub enum FrontendError {
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
     #[error("backend {addr}: {source}")]
-    Backend { addr: SocketAddr, source: crate::link::LinkError },
+    Backend {
+        addr: SocketAddr,
+        source: crate::link::LinkError,
+    },
     #[error("state dir {dir}: {message}")]
     State { dir: PathBuf, message: String },
     #[error("target {path}: {message}")]
     Target { path: PathBuf, message: String },
     #[error("NBD listener {spec}: {source}")]
-    Listen { spec: String, source: std::io::Error },
+    Listen {
+        spec: String,
+        source: std::io::Error,
+    },
     #[error("the session in {dir} is already {phase}; nothing to serve")]
     Finished { dir: PathBuf, phase: &'static str },
 }
 
 fn state_err(dir: &Path, message: impl std::fmt::Display) -> FrontendError {
-    FrontendError::State { dir: dir.into(), message: message.to_string() }
+    FrontendError::State {
+        dir: dir.into(),
+        message: message.to_string(),
+    }
 }
 
 fn target_err(path: &Path, message: impl std::fmt::Display) -> FrontendError {
-    FrontendError::Target { path: path.into(), message: message.to_string() }
+    FrontendError::Target {
+        path: path.into(),
+        message: message.to_string(),
+    }
 }
 
 /// What `run` leaves behind once the frontend stops by itself.
@@ -102,7 +114,10 @@ pub struct Outcome {
 
 /// Creates or resumes the session, then serves until cutover or abort completes.
 /// `ready` is called with the NBD listen spec once the export accepts connections.
-pub fn run(cfg: FrontendConfig, ready: impl FnOnce(String) + Send + 'static) -> Result<Outcome, FrontendError> {
+pub fn run(
+    cfg: FrontendConfig,
+    ready: impl FnOnce(String) + Send + 'static,
+) -> Result<Outcome, FrontendError> {
     runtime::probe()?;
     let dir = cfg.state_dir.clone();
     fs::create_dir_all(&dir).map_err(|e| state_err(&dir, e))?;
@@ -110,15 +125,22 @@ pub fn run(cfg: FrontendConfig, ready: impl FnOnce(String) + Send + 'static) -> 
     if let Some(s) = &existing {
         check_resume(&cfg, s)?;
     }
-    let info = blocking::open_volume(cfg.backend, &cfg.volume, cfg.chunk_size_bytes)
-        .map_err(|source| FrontendError::Backend { addr: cfg.backend, source })?;
+    let info = blocking::open_volume(cfg.backend, &cfg.volume, cfg.chunk_size_bytes).map_err(
+        |source| FrontendError::Backend {
+            addr: cfg.backend,
+            source,
+        },
+    )?;
     let session = match existing {
         Some(s) => {
             if s.volume_size_bytes != info.size_bytes {
-                return Err(state_err(&dir, format!(
-                    "the session was for a {} byte volume; the backend now reports {} bytes",
-                    s.volume_size_bytes, info.size_bytes
-                )));
+                return Err(state_err(
+                    &dir,
+                    format!(
+                        "the session was for a {} byte volume; the backend now reports {} bytes",
+                        s.volume_size_bytes, info.size_bytes
+                    ),
+                ));
             }
             tracing::info!(dir = %dir.display(), "resuming session");
             s
@@ -127,7 +149,8 @@ pub fn run(cfg: FrontendConfig, ready: impl FnOnce(String) + Send + 'static) -> 
     };
     let cores = cfg.cores.max(1);
     let geo = Geometry::new(session.volume_size_bytes, session.chunk_size_bytes, cores);
-    let body = Arc::new(map::file::load(&state::map_path(&dir), &geo).map_err(|e| state_err(&dir, e))?);
+    let body =
+        Arc::new(map::file::load(&state::map_path(&dir), &geo).map_err(|e| state_err(&dir, e))?);
     let min_block = target_alignment(&session.target, geo.volume_size_bytes)?;
 
     let admin_path = state::admin_path(&dir);
@@ -137,7 +160,10 @@ pub fn run(cfg: FrontendConfig, ready: impl FnOnce(String) + Send + 'static) -> 
 
     // Bind the NBD listener early so a bad address fails the command, not a core.
     if let NbdListen::Tcp(a) = &cfg.nbd {
-        std::net::TcpListener::bind(a).map_err(|source| FrontendError::Listen { spec: cfg.nbd.to_string(), source })?;
+        std::net::TcpListener::bind(a).map_err(|source| FrontendError::Listen {
+            spec: cfg.nbd.to_string(),
+            source,
+        })?;
     }
     let rt = RuntimeConfig {
         cores,
@@ -150,7 +176,11 @@ pub fn run(cfg: FrontendConfig, ready: impl FnOnce(String) + Send + 'static) -> 
     let core_session = session.clone();
     let cfg_cores = cfg.clone();
     let set = CoreSet::start(rt, move |core| {
-        let ready = if core == 0 { ready.lock().ok().and_then(|mut r| r.take()) } else { None };
+        let ready = if core == 0 {
+            ready.lock().ok().and_then(|mut r| r.take())
+        } else {
+            None
+        };
         let body = body.clone();
         let session = core_session.clone();
         let cfg = cfg_cores.clone();
@@ -183,18 +213,35 @@ pub fn run(cfg: FrontendConfig, ready: impl FnOnce(String) + Send + 'static) -> 
     if let Ok(e) = err_rx.try_recv() {
         return Err(e);
     }
-    let message = outcome.lock().ok().and_then(|mut o| o.take()).unwrap_or_else(|| "frontend stopped".into());
+    let message = outcome
+        .lock()
+        .ok()
+        .and_then(|mut o| o.take())
+        .unwrap_or_else(|| "frontend stopped".into());
     Ok(Outcome { message })
 }
 
 fn check_resume(cfg: &FrontendConfig, s: &SessionState) -> Result<(), FrontendError> {
     let dir = &cfg.state_dir;
     match s.phase {
-        Phase::Completed => return Err(FrontendError::Finished { dir: dir.clone(), phase: "completed" }),
-        Phase::Aborted => return Err(FrontendError::Finished { dir: dir.clone(), phase: "aborted" }),
+        Phase::Completed => {
+            return Err(FrontendError::Finished {
+                dir: dir.clone(),
+                phase: "completed",
+            })
+        }
+        Phase::Aborted => {
+            return Err(FrontendError::Finished {
+                dir: dir.clone(),
+                phase: "aborted",
+            })
+        }
         Phase::Migrating => {}
     }
-    if s.volume != cfg.volume || s.target != cfg.target || s.chunk_size_bytes != cfg.chunk_size_bytes {
+    if s.volume != cfg.volume
+        || s.target != cfg.target
+        || s.chunk_size_bytes != cfg.chunk_size_bytes
+    {
         return Err(state_err(dir, format!(
             "it holds a session for volume {} into {} with {} byte chunks; this command asks for volume {} into {} with {} byte chunks",
             s.volume, s.target.display(), s.chunk_size_bytes, cfg.volume, cfg.target.display(), cfg.chunk_size_bytes
@@ -204,7 +251,10 @@ fn check_resume(cfg: &FrontendConfig, s: &SessionState) -> Result<(), FrontendEr
 }
 
 /// Prepares the target and the map for a new session and records it.
-fn create_session(cfg: &FrontendConfig, info: &blocking::VolumeInfo) -> Result<SessionState, FrontendError> {
+fn create_session(
+    cfg: &FrontendConfig,
+    info: &blocking::VolumeInfo,
+) -> Result<SessionState, FrontendError> {
     let size = info.size_bytes;
     let path = &cfg.target;
     let geo = Geometry::new(size, cfg.chunk_size_bytes, 1);
@@ -219,15 +269,24 @@ fn create_session(cfg: &FrontendConfig, info: &blocking::VolumeInfo) -> Result<S
                 meta.len()
             };
             if have < size {
-                return Err(target_err(path, format!("it holds {have} bytes; the volume needs {size}")));
+                return Err(target_err(
+                    path,
+                    format!("it holds {have} bytes; the volume needs {size}"),
+                ));
             }
             f
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fresh = true;
-            let f = fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(|e| target_err(path, e))?;
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| target_err(path, e))?;
             // Pre-allocate so background hydration never fails for space halfway through.
-            crate::sys::fallocate(&f, 0, 0, size).map_err(|e| target_err(path, format!("pre-allocating {size} bytes: {e}")))?;
+            crate::sys::fallocate(&f, 0, 0, size)
+                .map_err(|e| target_err(path, format!("pre-allocating {size} bytes: {e}")))?;
             f
         }
         Err(e) => return Err(target_err(path, e)),
@@ -235,11 +294,13 @@ fn create_session(cfg: &FrontendConfig, info: &blocking::VolumeInfo) -> Result<S
     let holes = geo.hole_chunks(&info.extents);
     if !fresh {
         // `Zero` promises the target reads zeros there: make it so before the map says it.
-        zero_runs(&file, &geo, &holes).map_err(|e| target_err(path, format!("zeroing source holes: {e}")))?;
+        zero_runs(&file, &geo, &holes)
+            .map_err(|e| target_err(path, format!("zeroing source holes: {e}")))?;
     }
     file.sync_all().map_err(|e| target_err(path, e))?;
     drop(file);
-    map::file::create(&state::map_path(&cfg.state_dir), &geo, &holes).map_err(|e| state_err(&cfg.state_dir, e))?;
+    map::file::create(&state::map_path(&cfg.state_dir), &geo, &holes)
+        .map_err(|e| state_err(&cfg.state_dir, e))?;
     let s = SessionState {
         format: state::STATE_FORMAT,
         volume: cfg.volume.clone(),
@@ -274,10 +335,15 @@ fn zero_runs(file: &fs::File, geo: &Geometry, chunks: &[u64]) -> std::io::Result
 
 /// The target's O_DIRECT granule, which becomes the export's minimum block size.
 fn target_alignment(path: &Path, volume_size: u64) -> Result<u32, FrontendError> {
-    let opts = OpenOptions { read: true, write: true, create: false, direct: true };
+    let opts = OpenOptions {
+        read: true,
+        write: true,
+        create: false,
+        direct: true,
+    };
     let f = File::open(path, &opts).map_err(|e| target_err(path, e))?;
     let align = f.dio_align().offset.max(512) as u64;
-    if volume_size % align != 0 {
+    if !volume_size.is_multiple_of(align) {
         return Err(target_err(path, format!(
             "the volume size {volume_size} is not a multiple of the target's O_DIRECT block size {align}"
         )));
@@ -294,13 +360,29 @@ async fn start_core(
     body: &[u8],
     ready: Option<impl FnOnce(String)>,
 ) -> Result<(), FrontendError> {
-    let direct = OpenOptions { read: true, write: true, create: false, direct: true };
-    let target = File::open(&session.target, &direct).map_err(|e| target_err(&session.target, e))?;
+    let direct = OpenOptions {
+        read: true,
+        write: true,
+        create: false,
+        direct: true,
+    };
+    let target =
+        File::open(&session.target, &direct).map_err(|e| target_err(&session.target, e))?;
     let map_path = state::map_path(&cfg.state_dir);
-    let buffered = OpenOptions { read: true, write: true, create: false, direct: false };
+    let buffered = OpenOptions {
+        read: true,
+        write: true,
+        create: false,
+        direct: false,
+    };
     let map_file = File::open(&map_path, &buffered).map_err(|e| state_err(&cfg.state_dir, e))?;
     let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 512));
-    let link = |tos| LinkConfig { addr: cfg.backend, volume: cfg.volume.clone(), chunk_size_bytes: geo.chunk_size_bytes, tos };
+    let link = |tos| LinkConfig {
+        addr: cfg.backend,
+        volume: cfg.volume.clone(),
+        chunk_size_bytes: geo.chunk_size_bytes,
+        tos,
+    };
     let shard = Rc::new(shard::Shard {
         id: core,
         geo,
@@ -321,7 +403,12 @@ async fn start_core(
         background_rate: std::cell::Cell::new(cfg.background_rate),
     });
     volume::install_shard(shard.clone());
-    let vol = Rc::new(volume::Volume { name: cfg.volume.clone(), geo, min_block, handle: runtime::core_handle() });
+    let vol = Rc::new(volume::Volume {
+        name: cfg.volume.clone(),
+        geo,
+        min_block,
+        handle: runtime::core_handle(),
+    });
     volume::install_volume(vol.clone());
     runtime::spawn(hydrate::run(shard, cfg.hydrate)).detach();
     if core != 0 {
@@ -331,7 +418,10 @@ async fn start_core(
         NbdListen::Unix(p) => Listener::bind_unix(p),
         NbdListen::Tcp(a) => Listener::bind_tcp(*a),
     }
-    .map_err(|source| FrontendError::Listen { spec: cfg.nbd.to_string(), source })?;
+    .map_err(|source| FrontendError::Listen {
+        spec: cfg.nbd.to_string(),
+        source,
+    })?;
     if let Some(ready) = ready {
         ready(match &cfg.nbd {
             NbdListen::Unix(p) => format!("unix:{}", p.display()),
@@ -370,7 +460,9 @@ async fn accept_loop(listener: Listener) {
                 let s = runtime::Stream::from_owned_fd(fd);
                 runtime::spawn(crate::nbd::serve(s, volume::local_volume())).detach();
             }),
-            Err(stream) => runtime::spawn(crate::nbd::serve(stream, volume::local_volume())).detach(),
+            Err(stream) => {
+                runtime::spawn(crate::nbd::serve(stream, volume::local_volume())).detach()
+            }
         }
     }
 }

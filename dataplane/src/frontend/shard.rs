@@ -105,7 +105,11 @@ impl Shard {
     }
 
     /// Reads one piece into `buf` (resized to the piece), fetching the chunk first if needed.
-    pub async fn read_piece(self: &Rc<Self>, p: Piece, mut buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
+    pub async fn read_piece(
+        self: &Rc<Self>,
+        p: Piece,
+        mut buf: AlignedBuf,
+    ) -> Result<AlignedBuf, VolError> {
         debug_assert_eq!(self.geo.owner(p.chunk), self.id);
         buf.set_len(p.len as usize);
         loop {
@@ -159,7 +163,11 @@ impl Shard {
     }
 
     /// Writes one piece. A partial write of an `Untouched` chunk fetches it first.
-    pub async fn write_piece(self: &Rc<Self>, p: Piece, buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
+    pub async fn write_piece(
+        self: &Rc<Self>,
+        p: Piece,
+        buf: AlignedBuf,
+    ) -> Result<AlignedBuf, VolError> {
         debug_assert_eq!(self.geo.owner(p.chunk), self.id);
         debug_assert_eq!(buf.len(), p.len as usize);
         let whole = p.offset_in_chunk == 0 && p.len == self.geo.chunk_len(p.chunk);
@@ -182,7 +190,12 @@ impl Shard {
     /// Zeroes one piece (NBD WRITE_ZEROES or TRIM). A whole chunk becomes `Zero` with no
     /// transfer; a partial WRITE_ZEROES is a write of zeros; a partial TRIM is a no-op, which
     /// the NBD spec allows.
-    pub async fn zero_piece(self: &Rc<Self>, p: Piece, trim: bool, scratch: AlignedBuf) -> Result<AlignedBuf, VolError> {
+    pub async fn zero_piece(
+        self: &Rc<Self>,
+        p: Piece,
+        trim: bool,
+        scratch: AlignedBuf,
+    ) -> Result<AlignedBuf, VolError> {
         let whole = p.offset_in_chunk == 0 && p.len == self.geo.chunk_len(p.chunk);
         if !whole {
             if trim {
@@ -200,7 +213,12 @@ impl Shard {
         let (slot, prior) = self.claim(p.chunk, ChunkState::Zero);
         let already_zero = prior == ChunkState::Untouched && self.target_fresh;
         let offset = self.byte_offset(&p);
-        let res = if already_zero { Ok(()) } else { self.zero_target(offset, u64::from(p.len), scratch_len(&scratch)).await };
+        let res = if already_zero {
+            Ok(())
+        } else {
+            self.zero_target(offset, u64::from(p.len), scratch_len(&scratch))
+                .await
+        };
         self.finish(p.chunk, &slot, prior, res.is_ok());
         res.map_err(|e| VolError::target("zero", offset, &e))?;
         Ok(scratch)
@@ -208,7 +226,12 @@ impl Shard {
 
     /// Makes a target range read as zeros: fallocate(ZERO_RANGE), or zero writes where the
     /// file system or device has no ZERO_RANGE.
-    pub async fn zero_target(&self, offset: u64, len: u64, piece_max: usize) -> std::io::Result<()> {
+    pub async fn zero_target(
+        &self,
+        offset: u64,
+        len: u64,
+        piece_max: usize,
+    ) -> std::io::Result<()> {
         let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         match self.target.fallocate(mode, offset, len).await {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}

@@ -58,7 +58,11 @@ pub fn load(dir: &Path) -> io::Result<Option<SessionState>> {
     if s.format != STATE_FORMAT {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{}: state format {} is not supported (this build reads {STATE_FORMAT})", p.display(), s.format),
+            format!(
+                "{}: state format {} is not supported (this build reads {STATE_FORMAT})",
+                p.display(),
+                s.format
+            ),
         ));
     }
     Ok(Some(s))

@@ -67,7 +67,10 @@ pub fn phase_name(p: Phase) -> &'static str {
 /// Status from the files alone, for a frontend that is not running.
 pub fn offline(dir: &Path) -> std::io::Result<Status> {
     let s = state::load(dir)?.ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} holds no ferry session (no state.json)", dir.display()))
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} holds no ferry session (no state.json)", dir.display()),
+        )
     })?;
     let geo = Geometry::new(s.volume_size_bytes, s.chunk_size_bytes, 1);
     let body = crate::map::file::load(&state::map_path(dir), &geo)?;

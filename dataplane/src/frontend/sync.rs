@@ -48,7 +48,12 @@ impl Shard {
             }
             if let Some((upto, reason)) = s.failed.borrow().as_ref() {
                 if *upto >= ticket {
-                    return Err(VolError::Target { op: "sync", offset: 0, errno: libc::EIO, message: reason.clone() });
+                    return Err(VolError::Target {
+                        op: "sync",
+                        offset: 0,
+                        errno: libc::EIO,
+                        message: reason.clone(),
+                    });
                 }
             }
             if s.running.get() {
@@ -76,7 +81,10 @@ impl Shard {
     }
 
     async fn sync_round(&self, batch: &[(u64, ChunkState)]) -> Result<(), String> {
-        self.target.fdatasync().await.map_err(|e| format!("fdatasync of the target: {e}"))?;
+        self.target
+            .fdatasync()
+            .await
+            .map_err(|e| format!("fdatasync of the target: {e}"))?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -88,7 +96,9 @@ impl Shard {
             map.take_dirty_stripes()
         };
         if let Err(e) = file::persist(&self.map_file, &stripes).await {
-            self.map.borrow_mut().restore_dirty_stripes(stripes.iter().map(|(s, _)| *s));
+            self.map
+                .borrow_mut()
+                .restore_dirty_stripes(stripes.iter().map(|(s, _)| *s));
             return Err(format!("writing the map: {e}"));
         }
         Ok(())

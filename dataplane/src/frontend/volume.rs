@@ -25,7 +25,9 @@ pub fn install_shard(shard: Rc<Shard>) {
 
 /// This core's shard. Panics if called on a thread that owns none (a bug, not input).
 pub fn local_shard() -> Rc<Shard> {
-    SHARD.with(|s| s.borrow().clone()).expect("no shard installed on this core")
+    SHARD
+        .with(|s| s.borrow().clone())
+        .expect("no shard installed on this core")
 }
 
 pub fn local_gate() -> Rc<Gate> {
@@ -79,15 +81,25 @@ impl Volume {
     }
 
     pub async fn read_piece(&self, p: Piece, buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
-        self.on_owner(p.chunk, move |s| async move { s.read_piece(p, buf).await }).await
+        self.on_owner(p.chunk, move |s| async move { s.read_piece(p, buf).await })
+            .await
     }
 
     pub async fn write_piece(&self, p: Piece, buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
-        self.on_owner(p.chunk, move |s| async move { s.write_piece(p, buf).await }).await
+        self.on_owner(p.chunk, move |s| async move { s.write_piece(p, buf).await })
+            .await
     }
 
-    pub async fn zero_piece(&self, p: Piece, trim: bool, scratch: AlignedBuf) -> Result<AlignedBuf, VolError> {
-        self.on_owner(p.chunk, move |s| async move { s.zero_piece(p, trim, scratch).await }).await
+    pub async fn zero_piece(
+        &self,
+        p: Piece,
+        trim: bool,
+        scratch: AlignedBuf,
+    ) -> Result<AlignedBuf, VolError> {
+        self.on_owner(p.chunk, move |s| async move {
+            s.zero_piece(p, trim, scratch).await
+        })
+        .await
     }
 
     /// Makes sure every chunk of the range is on the target: one on-demand request per owner
@@ -136,7 +148,9 @@ impl Volume {
                 owners.push(p.chunk);
             }
         }
-        let calls = owners.into_iter().map(|c| self.on_owner(c, |s| async move { s.sync().await }));
+        let calls = owners
+            .into_iter()
+            .map(|c| self.on_owner(c, |s| async move { s.sync().await }));
         for r in futures::future::join_all(calls).await {
             r?;
         }
@@ -154,5 +168,7 @@ pub fn install_volume(vol: Rc<Volume>) {
 
 /// This core's view of the volume. Panics on a thread that is not a frontend core (a bug).
 pub fn local_volume() -> Rc<Volume> {
-    VOLUME.with(|v| v.borrow().clone()).expect("no volume installed on this core")
+    VOLUME
+        .with(|v| v.borrow().clone())
+        .expect("no volume installed on this core")
 }

@@ -58,7 +58,9 @@ impl Shard {
                 async move {
                     match job {
                         Job::Zero { offset, len } => {
-                            link.write_zeroes(offset, len).await.map_err(|e| e.to_string())?;
+                            link.write_zeroes(offset, len)
+                                .await
+                                .map_err(|e| e.to_string())?;
                             Ok(0)
                         }
                         Job::Data(c) => {
@@ -67,7 +69,9 @@ impl Shard {
                             buf.set_len(self.geo.chunk_len(c) as usize);
                             let (res, buf) = self.target.read_exact_at(buf, offset).await;
                             res.map_err(|e| format!("reading chunk {c} from the target: {e}"))?;
-                            link.write_back(offset, &buf).await.map_err(|e| format!("chunk {c}: {e}"))?;
+                            link.write_back(offset, &buf)
+                                .await
+                                .map_err(|e| format!("chunk {c}: {e}"))?;
                             Ok(1)
                         }
                     }
@@ -80,7 +84,9 @@ impl Shard {
         for r in results {
             written += r?;
         }
-        link.sync().await.map_err(|e| format!("making the source durable: {e}"))?;
+        link.sync()
+            .await
+            .map_err(|e| format!("making the source durable: {e}"))?;
         self.stats.written_back_chunks.set(written);
         Ok(written)
     }

@@ -25,7 +25,10 @@ pub struct HydrateConfig {
 
 impl Default for HydrateConfig {
     fn default() -> Self {
-        HydrateConfig { batch_chunks: 64, in_flight: 8 }
+        HydrateConfig {
+            batch_chunks: 64,
+            in_flight: 8,
+        }
     }
 }
 
@@ -39,7 +42,8 @@ impl Bucket {
     async fn take(&mut self, bytes: u64, rate: u64) {
         let burst = (rate as f64 / 4.0).max(bytes as f64);
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate as f64).min(burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * rate as f64).min(burst);
         self.last = now;
         self.tokens -= bytes as f64;
         if self.tokens < 0.0 {
@@ -50,7 +54,10 @@ impl Bucket {
 
 pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(cfg.in_flight.max(1)));
-    let mut bucket = Bucket { tokens: 0.0, last: Instant::now() };
+    let mut bucket = Bucket {
+        tokens: 0.0,
+        last: Instant::now(),
+    };
     let mut cursor = 0u64;
     let mut batch = Vec::with_capacity(cfg.batch_chunks);
     let started = Instant::now();
@@ -71,7 +78,9 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
         batch.clear();
         for c in shard.geo.owned_chunks_from(shard.id, cursor) {
             cursor = c + 1;
-            if shard.state(c) == ChunkState::Untouched && shard.existing_slot(c).is_none_or(|s| !s.fetching.get()) {
+            if shard.state(c) == ChunkState::Untouched
+                && shard.existing_slot(c).is_none_or(|s| !s.fetching.get())
+            {
                 batch.push(c);
                 if batch.len() == cfg.batch_chunks {
                     break;
@@ -115,5 +124,9 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
     if let Err(e) = shard.sync().await {
         tracing::error!(error = %e, "final sync of hydration failed");
     }
-    tracing::info!(core = shard.id, secs = started.elapsed().as_secs_f64(), "background hydration of this shard finished");
+    tracing::info!(
+        core = shard.id,
+        secs = started.elapsed().as_secs_f64(),
+        "background hydration of this shard finished"
+    );
 }

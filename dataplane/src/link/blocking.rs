@@ -31,7 +31,10 @@ impl Conn {
     }
 
     /// Calls `take` on the next frame.
-    fn recv<T>(&mut self, take: impl FnOnce(Frame<'_>) -> Result<T, LinkError>) -> Result<T, LinkError> {
+    fn recv<T>(
+        &mut self,
+        take: impl FnOnce(Frame<'_>) -> Result<T, LinkError>,
+    ) -> Result<T, LinkError> {
         loop {
             if let Some((f, n)) = frame::decode_from(&self.buf)? {
                 let out = take(f);
@@ -54,28 +57,54 @@ impl Conn {
 
 fn unexpected(what: &str, f: &Frame<'_>) -> LinkError {
     match f {
-        Frame::Error { code, message } => LinkError::Remote { code: *code, message: message.to_string() },
+        Frame::Error { code, message } => LinkError::Remote {
+            code: *code,
+            message: message.to_string(),
+        },
         other => LinkError::Protocol(format!("expected {what}, got {:?}", other.kind())),
     }
 }
 
 /// Connects, says hello, opens `name` with `chunk_size_bytes`, and collects its extents.
-pub fn open_volume(addr: SocketAddr, name: &str, chunk_size_bytes: u32) -> Result<VolumeInfo, LinkError> {
+pub fn open_volume(
+    addr: SocketAddr,
+    name: &str,
+    chunk_size_bytes: u32,
+) -> Result<VolumeInfo, LinkError> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_nodelay(true)?;
-    let mut c = Conn { stream, buf: Vec::new() };
+    let mut c = Conn {
+        stream,
+        buf: Vec::new(),
+    };
     c.send(
-        &Frame::Hello { version_min: 1, version_max: 1, capabilities: CAPABILITIES, agent: "ferry-frontend-setup" },
+        &Frame::Hello {
+            version_min: 1,
+            version_max: 1,
+            capabilities: CAPABILITIES,
+            agent: "ferry-frontend-setup",
+        },
         0,
     )?;
     c.recv(|f| match f {
         Frame::HelloAck { .. } => Ok(()),
         other => Err(unexpected("HelloAck", &other)),
     })?;
-    c.send(&Frame::Open { chunk_size: chunk_size_bytes, name }, 1)?;
+    c.send(
+        &Frame::Open {
+            chunk_size: chunk_size_bytes,
+            name,
+        },
+        1,
+    )?;
     let (size, chunk, frames) = c.recv(|f| match f {
-        Frame::OpenOk { size, chunk_size, extent_frames, .. } => Ok((size, chunk_size, extent_frames)),
+        Frame::OpenOk {
+            size,
+            chunk_size,
+            extent_frames,
+            ..
+        } => Ok((size, chunk_size, extent_frames)),
         other => Err(unexpected("OpenOk", &other)),
     })?;
     let mut extents = Vec::new();
@@ -89,5 +118,9 @@ pub fn open_volume(addr: SocketAddr, name: &str, chunk_size_bytes: u32) -> Resul
         })?;
     }
     extents.sort_unstable();
-    Ok(VolumeInfo { size_bytes: size, chunk_size_bytes: chunk, extents })
+    Ok(VolumeInfo {
+        size_bytes: size,
+        chunk_size_bytes: chunk,
+        extents,
+    })
 }

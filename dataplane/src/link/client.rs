@@ -21,11 +21,23 @@ use crate::bufs::ChunkBufs;
 use crate::runtime::{self, AlignedBuf, ConnectOpts, Stream};
 
 pub enum Reply {
-    Data { chunk: u64, buf: AlignedBuf },
-    Zero { chunk: u64 },
-    ChunkError { chunk: u64, code: ErrorCode, message: String },
+    Data {
+        chunk: u64,
+        buf: AlignedBuf,
+    },
+    Zero {
+        chunk: u64,
+    },
+    ChunkError {
+        chunk: u64,
+        code: ErrorCode,
+        message: String,
+    },
     Ack,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -67,7 +79,10 @@ impl Drop for Replies {
 }
 
 impl BackendLink {
-    pub async fn connect(cfg: &LinkConfig, bufs: Rc<ChunkBufs>) -> Result<Rc<BackendLink>, LinkError> {
+    pub async fn connect(
+        cfg: &LinkConfig,
+        bufs: Rc<ChunkBufs>,
+    ) -> Result<Rc<BackendLink>, LinkError> {
         let opts = ConnectOpts {
             tos: cfg.tos,
             nodelay: true,
@@ -78,9 +93,18 @@ impl BackendLink {
         let stream = Stream::connect_tcp(cfg.addr, &opts).await?;
         let mut reader = FrameReader::new(stream.clone());
         let mut out = Vec::new();
-        Frame::Hello { version_min: 1, version_max: 1, capabilities: CAPABILITIES, agent: "ferry-frontend" }
-            .encode(0, &mut out)?;
-        Frame::Open { chunk_size: cfg.chunk_size_bytes, name: &cfg.volume }.encode(1, &mut out)?;
+        Frame::Hello {
+            version_min: 1,
+            version_max: 1,
+            capabilities: CAPABILITIES,
+            agent: "ferry-frontend",
+        }
+        .encode(0, &mut out)?;
+        Frame::Open {
+            chunk_size: cfg.chunk_size_bytes,
+            name: &cfg.volume,
+        }
+        .encode(1, &mut out)?;
         let out_len = out.len();
         let (res, _) = stream.send_all(out, 0..out_len).await;
         res?;
@@ -90,7 +114,15 @@ impl BackendLink {
             None => return Err(LinkError::Closed),
         }
         let (handle, extent_frames) = match reader.next().await? {
-            Some((_, Frame::OpenOk { handle, chunk_size, extent_frames, .. })) => {
+            Some((
+                _,
+                Frame::OpenOk {
+                    handle,
+                    chunk_size,
+                    extent_frames,
+                    ..
+                },
+            )) => {
                 if chunk_size != cfg.chunk_size_bytes {
                     return Err(LinkError::Protocol(format!(
                         "asked for {} byte chunks, backend answered {chunk_size}",
@@ -145,7 +177,11 @@ impl BackendLink {
                 return Err(LinkError::Closed);
             };
             let reply = match frame {
-                Frame::ChunkData { handle, chunk, data } => {
+                Frame::ChunkData {
+                    handle,
+                    chunk,
+                    data,
+                } => {
                     self.check_handle(handle)?;
                     let mut buf = bufs.take();
                     if data.len() > buf.len() {
@@ -163,14 +199,29 @@ impl BackendLink {
                     self.check_handle(handle)?;
                     Reply::Zero { chunk }
                 }
-                Frame::ChunkError { handle, chunk, code, message } => {
+                Frame::ChunkError {
+                    handle,
+                    chunk,
+                    code,
+                    message,
+                } => {
                     self.check_handle(handle)?;
-                    Reply::ChunkError { chunk, code, message: message.to_string() }
+                    Reply::ChunkError {
+                        chunk,
+                        code,
+                        message: message.to_string(),
+                    }
                 }
                 Frame::Ack => Reply::Ack,
-                Frame::Error { code, message } => Reply::Error { code, message: message.to_string() },
+                Frame::Error { code, message } => Reply::Error {
+                    code,
+                    message: message.to_string(),
+                },
                 other => {
-                    return Err(LinkError::Protocol(format!("unexpected {:?} from backend", other.kind())));
+                    return Err(LinkError::Protocol(format!(
+                        "unexpected {:?} from backend",
+                        other.kind()
+                    )));
                 }
             };
             let pending = self.pending.borrow();
@@ -196,12 +247,18 @@ impl BackendLink {
         if handle == self.handle {
             Ok(())
         } else {
-            Err(LinkError::Protocol(format!("reply for handle {handle}, this link opened {}", self.handle)))
+            Err(LinkError::Protocol(format!(
+                "reply for handle {handle}, this link opened {}",
+                self.handle
+            )))
         }
     }
 
     /// Sends one request frame and returns the channel its replies arrive on.
-    async fn request(self: &Rc<Self>, encode: impl FnOnce(u64, &mut Vec<u8>) -> Result<(), LinkError>) -> Result<Replies, LinkError> {
+    async fn request(
+        self: &Rc<Self>,
+        encode: impl FnOnce(u64, &mut Vec<u8>) -> Result<(), LinkError>,
+    ) -> Result<Replies, LinkError> {
         if self.is_dead() {
             return Err(LinkError::Closed);
         }
@@ -209,7 +266,11 @@ impl BackendLink {
         self.next_id.set(id + 1);
         let (tx, rx) = mpsc::unbounded();
         self.pending.borrow_mut().insert(id, tx);
-        let replies = Replies { link: self.clone(), id, rx };
+        let replies = Replies {
+            link: self.clone(),
+            id,
+            rx,
+        };
         let mut guard = self.send.lock().await;
         let mut out = std::mem::take(&mut *guard);
         out.clear();
@@ -225,10 +286,19 @@ impl BackendLink {
     }
 
     /// Asks for `chunks`; one reply per chunk arrives on the returned channel.
-    pub async fn fetch(self: &Rc<Self>, class: Class, chunks: &[u64]) -> Result<Replies, LinkError> {
+    pub async fn fetch(
+        self: &Rc<Self>,
+        class: Class,
+        chunks: &[u64],
+    ) -> Result<Replies, LinkError> {
         let handle = self.handle;
         self.request(|id, out| {
-            Frame::Fetch { handle, class, chunks: chunks.to_vec() }.encode(id, out)?;
+            Frame::Fetch {
+                handle,
+                class,
+                chunks: chunks.to_vec(),
+            }
+            .encode(id, out)?;
             Ok(())
         })
         .await
@@ -259,7 +329,14 @@ impl BackendLink {
     pub async fn write_zeroes(self: &Rc<Self>, offset: u64, len: u64) -> Result<(), LinkError> {
         let handle = self.handle;
         let replies = self
-            .request(|id, out| Ok(Frame::WriteZeroes { handle, offset, len }.encode(id, out)?))
+            .request(|id, out| {
+                Ok(Frame::WriteZeroes {
+                    handle,
+                    offset,
+                    len,
+                }
+                .encode(id, out)?)
+            })
             .await?;
         Self::expect_ack(replies).await
     }
@@ -267,14 +344,19 @@ impl BackendLink {
     /// Makes every acknowledged write-back durable on the source.
     pub async fn sync(self: &Rc<Self>) -> Result<(), LinkError> {
         let handle = self.handle;
-        let replies = self.request(|id, out| Ok(Frame::Sync { handle }.encode(id, out)?)).await?;
+        let replies = self
+            .request(|id, out| Ok(Frame::Sync { handle }.encode(id, out)?))
+            .await?;
         Self::expect_ack(replies).await
     }
 }
 
 fn refusal(what: &str, f: &Frame<'_>) -> LinkError {
     match f {
-        Frame::Error { code, message } => LinkError::Remote { code: *code, message: message.to_string() },
+        Frame::Error { code, message } => LinkError::Remote {
+            code: *code,
+            message: message.to_string(),
+        },
         other => LinkError::Protocol(format!("expected {what}, got {:?}", other.kind())),
     }
 }
@@ -289,7 +371,12 @@ pub struct LinkSlot {
 
 impl LinkSlot {
     pub fn new(cfg: LinkConfig, bufs: Rc<ChunkBufs>) -> LinkSlot {
-        LinkSlot { cfg, bufs, current: RefCell::new(None), connecting: async_lock::Mutex::new(()) }
+        LinkSlot {
+            cfg,
+            bufs,
+            current: RefCell::new(None),
+            connecting: async_lock::Mutex::new(()),
+        }
     }
 
     pub async fn get(&self) -> Result<Rc<BackendLink>, LinkError> {
@@ -306,7 +393,11 @@ impl LinkSlot {
     }
 
     fn live(&self) -> Option<Rc<BackendLink>> {
-        self.current.borrow().as_ref().filter(|l| !l.is_dead()).cloned()
+        self.current
+            .borrow()
+            .as_ref()
+            .filter(|l| !l.is_dead())
+            .cloned()
     }
 
     pub fn close(&self) {

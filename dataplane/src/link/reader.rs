@@ -19,7 +19,12 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub fn new(stream: Stream) -> FrameReader {
-        FrameReader { stream, buf: vec![0u8; BUF_LEN], start: 0, end: 0 }
+        FrameReader {
+            stream,
+            buf: vec![0u8; BUF_LEN],
+            start: 0,
+            end: 0,
+        }
     }
 
     /// The next frame with its request id, or `Ok(None)` when the peer closed cleanly between frames.

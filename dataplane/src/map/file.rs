@@ -41,8 +41,12 @@ pub fn load(path: &Path, geo: &Geometry) -> io::Result<Vec<u8>> {
     let mut f = fs::File::open(path)?;
     let mut header = vec![0u8; MAP_HEADER_LEN];
     f.read_exact(&mut header)?;
-    let h = MapHeader::decode(&header)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+    let h = MapHeader::decode(&header).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
     if h.chunk_size != geo.chunk_size_bytes || h.volume_size != geo.volume_size_bytes {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -58,13 +62,19 @@ pub fn load(path: &Path, geo: &Geometry) -> io::Result<Vec<u8>> {
     }
     let mut body = vec![0u8; map_bytes(geo.chunk_count) as usize];
     f.read_exact(&mut body).map_err(|e| {
-        io::Error::new(e.kind(), format!("{}: map body truncated: {e}", path.display()))
+        io::Error::new(
+            e.kind(),
+            format!("{}: map body truncated: {e}", path.display()),
+        )
     })?;
     Ok(body)
 }
 
 pub fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::File::open(dir)?.sync_all()
 }
 

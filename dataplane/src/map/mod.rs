@@ -55,7 +55,12 @@ impl VolumeMap {
         for c in geo.owned_chunks_from(owner, 0) {
             counts[get(&live, c).code() as usize] += 1;
         }
-        VolumeMap { live, durable, dirty_stripes: BTreeSet::new(), counts }
+        VolumeMap {
+            live,
+            durable,
+            dirty_stripes: BTreeSet::new(),
+            counts,
+        }
     }
 
     pub fn get(&self, chunk: u64) -> ChunkState {
@@ -137,7 +142,12 @@ mod tests {
         let geo = Geometry::new(4096 * 8, 4096, 1);
         let body = vec![0u8; 2];
         let mut m = VolumeMap::from_body(&geo, 0, &body);
-        let states = [ChunkState::Untouched, ChunkState::Present, ChunkState::Dirty, ChunkState::Zero];
+        let states = [
+            ChunkState::Untouched,
+            ChunkState::Present,
+            ChunkState::Dirty,
+            ChunkState::Zero,
+        ];
         for c in 0..8u64 {
             m.set_live(c, states[(c % 4) as usize]);
             m.promote_to(c, states[(c % 4) as usize]);

@@ -37,14 +37,20 @@ fn error_reply(option: u32, reply_type: u32, message: &str) -> Vec<u8> {
 
 /// Runs the handshake. `Some(no_zeroes)` when the client moved to transmission, `None` when
 /// it ended the session (ABORT) cleanly.
-pub async fn run(stream: &Stream, input: &mut Input, vol: &Volume) -> Result<Option<bool>, NbdConnError> {
+pub async fn run(
+    stream: &Stream,
+    input: &mut Input,
+    vol: &Volume,
+) -> Result<Option<bool>, NbdConnError> {
     let flags = nbd::FLAG_FIXED_NEWSTYLE | nbd::FLAG_NO_ZEROES;
     send(stream, nbd::encode_server_greeting(flags).to_vec()).await?;
     let mut cflags = [0u8; 4];
     input.read_exact(&mut cflags).await?;
     let client_flags = nbd::decode_client_flags(&cflags)?;
     if client_flags & nbd::FLAG_C_FIXED_NEWSTYLE == 0 {
-        return Err(NbdConnError::Refused("client does not support fixed newstyle".into()));
+        return Err(NbdConnError::Refused(
+            "client does not support fixed newstyle".into(),
+        ));
     }
     let no_zeroes = client_flags & nbd::FLAG_C_NO_ZEROES != 0;
     for _ in 0..OPTIONS_MAX {
@@ -69,7 +75,12 @@ pub async fn run(stream: &Stream, input: &mut Input, vol: &Volume) -> Result<Opt
                     return Err(NbdConnError::Refused(format!("unknown export {name:?}")));
                 }
                 let mut out = Vec::new();
-                nbd::encode_export_name_reply(vol.geo.volume_size_bytes, transmission_flags(), no_zeroes, &mut out);
+                nbd::encode_export_name_reply(
+                    vol.geo.volume_size_bytes,
+                    transmission_flags(),
+                    no_zeroes,
+                    &mut out,
+                );
                 send(stream, out).await?;
                 return Ok(Some(no_zeroes));
             }
@@ -82,7 +93,12 @@ pub async fn run(stream: &Stream, input: &mut Input, vol: &Volume) -> Result<Opt
             nbd::OPT_LIST => {
                 let out = if data.is_empty() {
                     let mut out = Vec::new();
-                    reply(opt, nbd::REP_SERVER, &nbd::encode_rep_server(&vol.name), &mut out);
+                    reply(
+                        opt,
+                        nbd::REP_SERVER,
+                        &nbd::encode_rep_server(&vol.name),
+                        &mut out,
+                    );
                     reply(opt, nbd::REP_ACK, &[], &mut out);
                     out
                 } else {
@@ -94,7 +110,11 @@ pub async fn run(stream: &Stream, input: &mut Input, vol: &Volume) -> Result<Opt
                 let req = match nbd::decode_info_request(&data) {
                     Ok(r) => r,
                     Err(e) => {
-                        send(stream, error_reply(opt, nbd::REP_ERR_INVALID, &e.to_string())).await?;
+                        send(
+                            stream,
+                            error_reply(opt, nbd::REP_ERR_INVALID, &e.to_string()),
+                        )
+                        .await?;
                         continue;
                     }
                 };
@@ -104,13 +124,27 @@ pub async fn run(stream: &Stream, input: &mut Input, vol: &Volume) -> Result<Opt
                     continue;
                 }
                 let mut out = Vec::new();
-                reply(opt, nbd::REP_INFO, &nbd::encode_info_export(vol.geo.volume_size_bytes, transmission_flags()), &mut out);
+                reply(
+                    opt,
+                    nbd::REP_INFO,
+                    &nbd::encode_info_export(vol.geo.volume_size_bytes, transmission_flags()),
+                    &mut out,
+                );
                 // Always sent: our minimum is the target's O_DIRECT granule, which clients
                 // must respect (spec: a server MAY send it unrequested).
-                let bs = nbd::encode_info_block_size(vol.min_block, PREFERRED_BLOCK_BYTES.max(vol.min_block), MAX_REQUEST_BYTES);
+                let bs = nbd::encode_info_block_size(
+                    vol.min_block,
+                    PREFERRED_BLOCK_BYTES.max(vol.min_block),
+                    MAX_REQUEST_BYTES,
+                );
                 reply(opt, nbd::REP_INFO, &bs, &mut out);
                 if req.info.contains(&nbd::INFO_NAME) {
-                    reply(opt, nbd::REP_INFO, &nbd::encode_info_name(&vol.name), &mut out);
+                    reply(
+                        opt,
+                        nbd::REP_INFO,
+                        &nbd::encode_info_name(&vol.name),
+                        &mut out,
+                    );
                 }
                 if req.info.contains(&nbd::INFO_DESCRIPTION) {
                     let d = nbd::encode_info_description("ferry live-migrating volume");
@@ -123,14 +157,28 @@ pub async fn run(stream: &Stream, input: &mut Input, vol: &Volume) -> Result<Opt
                 }
             }
             nbd::OPT_STARTTLS => {
-                send(stream, error_reply(opt, nbd::REP_ERR_POLICY, "TLS is not offered on this export")).await?;
+                send(
+                    stream,
+                    error_reply(
+                        opt,
+                        nbd::REP_ERR_POLICY,
+                        "TLS is not offered on this export",
+                    ),
+                )
+                .await?;
             }
             _ => {
-                send(stream, error_reply(opt, nbd::REP_ERR_UNSUP, "option not supported")).await?;
+                send(
+                    stream,
+                    error_reply(opt, nbd::REP_ERR_UNSUP, "option not supported"),
+                )
+                .await?;
             }
         }
     }
-    Err(NbdConnError::Refused(format!("more than {OPTIONS_MAX} options")))
+    Err(NbdConnError::Refused(format!(
+        "more than {OPTIONS_MAX} options"
+    )))
 }
 
 fn name_matches(name: &str, vol: &Volume) -> bool {

@@ -14,7 +14,12 @@ pub struct Input {
 
 impl Input {
     pub fn new(stream: Stream) -> Input {
-        Input { stream, buf: vec![0u8; BUF_LEN], start: 0, end: 0 }
+        Input {
+            stream,
+            buf: vec![0u8; BUF_LEN],
+            start: 0,
+            end: 0,
+        }
     }
 
     async fn fill(&mut self) -> Result<(), NbdConnError> {

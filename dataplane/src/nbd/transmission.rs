@@ -23,7 +23,11 @@ struct Conn {
 }
 
 pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<(), NbdConnError> {
-    let conn = Rc::new(Conn { stream, send: async_lock::Mutex::new(Vec::with_capacity(64)), vol });
+    let conn = Rc::new(Conn {
+        stream,
+        send: async_lock::Mutex::new(Vec::with_capacity(64)),
+        vol,
+    });
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
     let gate = local_gate();
     loop {
@@ -47,7 +51,10 @@ pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<()
         if let Err(errno) = conn.validate(&req) {
             if carries_payload(&req) {
                 if req.length > MAX_REQUEST_BYTES {
-                    return Err(NbdConnError::Refused(format!("write of {} bytes is over our {MAX_REQUEST_BYTES} byte limit", req.length)));
+                    return Err(NbdConnError::Refused(format!(
+                        "write of {} bytes is over our {MAX_REQUEST_BYTES} byte limit",
+                        req.length
+                    )));
                 }
                 input.skip(u64::from(req.length)).await?;
             }
@@ -97,7 +104,13 @@ impl Conn {
         let min = u64::from(self.vol.min_block);
         match req.command {
             Command::Read | Command::Write | Command::Trim | Command::WriteZeroes => {}
-            Command::Flush => return if req.offset == 0 && req.length == 0 { Ok(()) } else { Err(nbd::EINVAL) },
+            Command::Flush => {
+                return if req.offset == 0 && req.length == 0 {
+                    Ok(())
+                } else {
+                    Err(nbd::EINVAL)
+                }
+            }
             // CACHE and BLOCK_STATUS were not negotiated; unknown commands per spec: EINVAL.
             _ => return Err(nbd::EINVAL),
         }
@@ -108,12 +121,18 @@ impl Conn {
         let end = req.end().ok_or(nbd::EINVAL)?;
         if end > size {
             // Spec: writes past the end SHOULD get ENOSPC; other requests EINVAL.
-            return Err(if matches!(req.command, Command::Write | Command::WriteZeroes) { nbd::ENOSPC } else { nbd::EINVAL });
+            return Err(
+                if matches!(req.command, Command::Write | Command::WriteZeroes) {
+                    nbd::ENOSPC
+                } else {
+                    nbd::EINVAL
+                },
+            );
         }
         if matches!(req.command, Command::Read | Command::Write) && req.length > MAX_REQUEST_BYTES {
             return Err(nbd::EINVAL);
         }
-        if req.offset % min != 0 || u64::from(req.length) % min != 0 {
+        if !req.offset.is_multiple_of(min) || u64::from(req.length) % min != 0 {
             return Err(nbd::EINVAL);
         }
         Ok(())
@@ -145,7 +164,11 @@ impl Conn {
         }
     }
 
-    async fn start_write(self: Rc<Self>, req: &Request, input: &mut Input) -> Result<Vec<PieceTask>, NbdConnError> {
+    async fn start_write(
+        self: Rc<Self>,
+        req: &Request,
+        input: &mut Input,
+    ) -> Result<Vec<PieceTask>, NbdConnError> {
         let pool = runtime::buf_pool();
         let mut tasks = Vec::new();
         for p in self.vol.geo.pieces(req.offset, u64::from(req.length)) {
@@ -169,7 +192,9 @@ impl Conn {
             return Err(e);
         }
         if req.flags & nbd::CMD_FLAG_FUA != 0 {
-            self.vol.sync_owners_of(req.offset, u64::from(req.length)).await?;
+            self.vol
+                .sync_owners_of(req.offset, u64::from(req.length))
+                .await?;
         }
         Ok(())
     }
@@ -185,7 +210,10 @@ impl Conn {
                 let r = self.zero(&req).await;
                 self.complete(req.cookie, r, pass).await;
             }
-            _ => self.complete(req.cookie, Err(VolError::Shutdown), pass).await,
+            _ => {
+                self.complete(req.cookie, Err(VolError::Shutdown), pass)
+                    .await
+            }
         }
     }
 
@@ -197,13 +225,17 @@ impl Conn {
         for p in pieces {
             let scratch = pool.take().await;
             let vol = self.vol.clone();
-            tasks.push(runtime::spawn(async move { vol.zero_piece(p, trim, scratch).await }));
+            tasks.push(runtime::spawn(async move {
+                vol.zero_piece(p, trim, scratch).await
+            }));
         }
         for t in tasks {
             t.await?;
         }
         if req.flags & nbd::CMD_FLAG_FUA != 0 {
-            self.vol.sync_owners_of(req.offset, u64::from(req.length)).await?;
+            self.vol
+                .sync_owners_of(req.offset, u64::from(req.length))
+                .await?;
         }
         Ok(())
     }
@@ -266,7 +298,11 @@ impl Conn {
     async fn stream_pieces(&self, req: &Request) -> Result<(), String> {
         let pool = runtime::buf_pool();
         for p in self.vol.geo.pieces(req.offset, u64::from(req.length)) {
-            let buf = self.vol.read_piece(p, pool.take().await).await.map_err(|e| e.to_string())?;
+            let buf = self
+                .vol
+                .read_piece(p, pool.take().await)
+                .await
+                .map_err(|e| e.to_string())?;
             let n = buf.len();
             let (res, _) = self.stream.send_all(buf, 0..n).await;
             res.map_err(|e| e.to_string())?;
