@@ -76,6 +76,28 @@ impl Geometry {
         })
     }
 
+    /// Splits `[offset, offset + len)` at multiples of `segment_bytes` (a power of two that
+    /// divides a stripe), so every segment lies in one stripe and has one owner.
+    pub fn segments(
+        &self,
+        offset: u64,
+        len: u64,
+        segment_bytes: u64,
+    ) -> impl Iterator<Item = (u64, u32)> {
+        debug_assert!(segment_bytes.is_power_of_two());
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let next = ((pos / segment_bytes + 1) * segment_bytes).min(end);
+            let seg = (pos, (next - pos) as u32);
+            pos = next;
+            Some(seg)
+        })
+    }
+
     /// Chunks owned by `core`, in ascending order, starting at the first owned chunk >= `from`.
     pub fn owned_chunks_from(&self, core: usize, from: u64) -> impl Iterator<Item = u64> + '_ {
         let mut c = from;
@@ -142,6 +164,29 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn segments_stay_inside_one_owner() {
+        let g = Geometry::new(1 << 30, 4096, 2);
+        let segs: Vec<_> = g
+            .segments((4 << 20) - 8192, (1 << 20) + 16384, 1 << 20)
+            .collect();
+        assert_eq!(
+            segs,
+            vec![
+                ((4 << 20) - 8192, 8192),
+                (4 << 20, 1 << 20),
+                (5 << 20, 8192)
+            ]
+        );
+        for (o, l) in segs {
+            let owners: Vec<_> = g
+                .pieces(o, u64::from(l))
+                .map(|p| g.owner(p.chunk))
+                .collect();
+            assert!(owners.windows(2).all(|w| w[0] == w[1]));
+        }
     }
 
     #[test]

@@ -270,6 +270,9 @@ impl Conn {
         Ok(())
     }
 
+    /// Answers one fetch request. Consecutive chunks are read with one O_DIRECT read (up to a
+    /// pool buffer, 1 MiB) and sent as one frame per chunk; holes and all-zero chunks go out as
+    /// `ChunkZero` without data.
     async fn fetch(
         &self,
         id: u64,
@@ -282,66 +285,84 @@ impl Conn {
         let vol = &self.volumes[opened.volume];
         let cs = u64::from(opened.chunk_size_bytes);
         let pool = runtime::buf_pool();
-        for &chunk in chunks {
-            let offset = chunk.checked_mul(cs).filter(|&o| o < vol.size_bytes);
-            let Some(offset) = offset else {
+        let run_max = (pool.buf_size() as u64 / cs).max(1);
+        let in_range = |c: u64| c.checked_mul(cs).filter(|&o| o < vol.size_bytes);
+        let chunk_len = |o: u64| cs.min(vol.size_bytes - o);
+        let mut i = 0;
+        while i < chunks.len() {
+            let chunk = chunks[i];
+            let Some(offset) = in_range(chunk) else {
                 let msg = format!("chunk {chunk} is past the end of the volume");
-                self.send_frame(
-                    id,
-                    &Frame::ChunkError {
-                        handle,
-                        chunk,
-                        code: ErrorCode::OutOfRange,
-                        message: &msg,
-                    },
-                )
-                .await?;
+                let f = Frame::ChunkError {
+                    handle,
+                    chunk,
+                    code: ErrorCode::OutOfRange,
+                    message: &msg,
+                };
+                self.send_frame(id, &f).await?;
+                i += 1;
                 continue;
             };
-            let len = cs.min(vol.size_bytes - offset) as usize;
-            if vol.is_hole(offset, len as u64) {
+            if vol.is_hole(offset, chunk_len(offset)) {
                 self.send_zero(id, handle, chunk).await?;
+                i += 1;
                 continue;
             }
-            let mut buf = if len <= pool.buf_size() {
+            let mut n = 1u64;
+            while (i + n as usize) < chunks.len()
+                && n < run_max
+                && chunks[i + n as usize] == chunk + n
+                && in_range(chunk + n).is_some_and(|o| !vol.is_hole(o, chunk_len(o)))
+            {
+                n += 1;
+            }
+            let run_len = (n * cs).min(vol.size_bytes - offset) as usize;
+            let mut buf = if run_len <= pool.buf_size() {
                 pool.take().await
             } else {
-                AlignedBuf::new(len)
+                AlignedBuf::new(run_len)
             };
-            buf.set_len(len);
-            let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
+            buf.set_len(run_len);
+            let (res, mut buf) = opened.reader.read_exact_at(buf, offset).await;
             if let Err(e) = res {
                 let msg = format!("reading {} at {offset}: {e}", vol.path.display());
                 tracing::warn!(%msg, "source read failed");
-                self.send_frame(
-                    id,
-                    &Frame::ChunkError {
+                for c in chunk..chunk + n {
+                    let f = Frame::ChunkError {
                         handle,
-                        chunk,
+                        chunk: c,
                         code: ErrorCode::Io,
                         message: &msg,
-                    },
-                )
-                .await?;
+                    };
+                    self.send_frame(id, &f).await?;
+                }
+                i += n as usize;
                 continue;
             }
-            if is_zero(&buf) {
-                self.send_zero(id, handle, chunk).await?;
-                continue;
+            for k in 0..n {
+                let start = (k * cs) as usize;
+                let end = (start + cs as usize).min(run_len);
+                if is_zero(&buf[start..end]) {
+                    self.send_zero(id, handle, chunk + k).await?;
+                    continue;
+                }
+                let mut guard = self.send.lock().await;
+                let mut out = std::mem::take(&mut *guard);
+                out.clear();
+                frame::encode_chunk_data_prefix(id, handle, chunk + k, &buf[start..end], &mut out)?;
+                let out_len = out.len();
+                let (res, out) = self.stream.send_all(out, 0..out_len).await;
+                *guard = out;
+                res?;
+                let (res, b) = self.stream.send_all(buf, start..end).await;
+                buf = b;
+                drop(guard);
+                res?;
+                self.chunks_sent.set(self.chunks_sent.get() + 1);
+                self.bytes_sent
+                    .set(self.bytes_sent.get() + (end - start) as u64);
             }
-            let mut guard = self.send.lock().await;
-            let mut out = std::mem::take(&mut *guard);
-            out.clear();
-            frame::encode_chunk_data_prefix(id, handle, chunk, &buf, &mut out)?;
-            let out_len = out.len();
-            let (res, out) = self.stream.send_all(out, 0..out_len).await;
-            *guard = out;
-            res?;
-            let (res, _buf) = self.stream.send_all(buf, 0..len).await;
-            drop(guard);
-            res?;
-            self.chunks_sent.set(self.chunks_sent.get() + 1);
-            self.bytes_sent.set(self.bytes_sent.get() + len as u64);
+            i += n as usize;
         }
         Ok(())
     }

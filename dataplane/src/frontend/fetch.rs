@@ -241,6 +241,7 @@ impl Shard {
                 match res {
                     Ok(()) => {
                         self.map.borrow_mut().set_live(chunk, ChunkState::Present);
+                        self.resident.set(chunk);
                         self.sync.push(chunk, ChunkState::Present);
                         self.count_fetch(class, len);
                     }
@@ -262,6 +263,7 @@ impl Shard {
                 match res {
                     Ok(()) => {
                         self.map.borrow_mut().set_live(chunk, ChunkState::Zero);
+                        self.resident.set(chunk);
                         self.sync.push(chunk, ChunkState::Zero);
                         self.count_fetch(class, 0);
                     }

@@ -35,10 +35,12 @@ use crate::geometry::Geometry;
 use crate::hydrate::{self, HydrateConfig};
 use crate::link::blocking;
 use crate::link::client::{LinkConfig, LinkSlot};
+use crate::map::resident::ResidentMap;
 use crate::map::{self, VolumeMap};
 use crate::notify::Notify;
 use crate::runtime::{self, CoreSet, File, Listener, OpenOptions, RuntimeConfig};
 use state::{Phase, SessionState};
+use wire_format::state::ChunkState;
 
 #[derive(Debug, Clone)]
 pub enum NbdListen {
@@ -149,8 +151,15 @@ pub fn run(
     };
     let cores = cfg.cores.max(1);
     let geo = Geometry::new(session.volume_size_bytes, session.chunk_size_bytes, cores);
-    let body =
-        Arc::new(map::file::load(&state::map_path(&dir), &geo).map_err(|e| state_err(&dir, e))?);
+    let body = map::file::load(&state::map_path(&dir), &geo).map_err(|e| state_err(&dir, e))?;
+    let resident = Arc::new(ResidentMap::new(geo.chunk_count));
+    let whole = VolumeMap::from_body(&geo, 0, &body);
+    for c in 0..geo.chunk_count {
+        if whole.get(c) != ChunkState::Untouched {
+            resident.set(c);
+        }
+    }
+    drop(whole);
     let min_block = target_alignment(&session.target, geo.volume_size_bytes)?;
 
     let admin_path = state::admin_path(&dir);
@@ -173,20 +182,24 @@ pub fn run(
     };
     let (err_tx, err_rx) = std::sync::mpsc::channel::<FrontendError>();
     let ready = Mutex::new(Some(ready));
-    let core_session = session.clone();
-    let cfg_cores = cfg.clone();
+    let setup = Arc::new(CoreSetup {
+        geo,
+        min_block,
+        cfg: cfg.clone(),
+        session: session.clone(),
+        body,
+        resident,
+    });
     let set = CoreSet::start(rt, move |core| {
         let ready = if core == 0 {
             ready.lock().ok().and_then(|mut r| r.take())
         } else {
             None
         };
-        let body = body.clone();
-        let session = core_session.clone();
-        let cfg = cfg_cores.clone();
+        let setup = setup.clone();
         let err_tx = err_tx.clone();
         async move {
-            if let Err(e) = start_core(core, geo, min_block, &cfg, &session, &body, ready).await {
+            if let Err(e) = start_core(core, &setup, ready).await {
                 tracing::error!(core, error = %e, "core failed to start");
                 let _ = err_tx.send(e);
                 runtime::core_handle().shutdown();
@@ -351,15 +364,31 @@ fn target_alignment(path: &Path, volume_size: u64) -> Result<u32, FrontendError>
     Ok(align as u32)
 }
 
-async fn start_core(
-    core: usize,
+/// What every core starts from (shared, read-only).
+struct CoreSetup {
     geo: Geometry,
     min_block: u32,
-    cfg: &FrontendConfig,
-    session: &SessionState,
-    body: &[u8],
+    cfg: FrontendConfig,
+    session: SessionState,
+    /// The map body as loaded at start-up.
+    body: Vec<u8>,
+    resident: Arc<ResidentMap>,
+}
+
+async fn start_core(
+    core: usize,
+    setup: &CoreSetup,
     ready: Option<impl FnOnce(String)>,
 ) -> Result<(), FrontendError> {
+    let CoreSetup {
+        geo,
+        min_block,
+        cfg,
+        session,
+        body,
+        resident,
+    } = setup;
+    let (geo, min_block) = (*geo, *min_block);
     let direct = OpenOptions {
         read: true,
         write: true,
@@ -390,6 +419,7 @@ async fn start_core(
         map_file,
         target_fresh: session.target_fresh,
         map: std::cell::RefCell::new(VolumeMap::from_body(&geo, core, body)),
+        resident: resident.clone(),
         chunks: Default::default(),
         sync: Default::default(),
         on_demand: LinkSlot::new(link(None), bufs.clone()),
@@ -408,6 +438,7 @@ async fn start_core(
         geo,
         min_block,
         handle: runtime::core_handle(),
+        resident: resident.clone(),
     });
     volume::install_volume(vol.clone());
     runtime::spawn(hydrate::run(shard, cfg.hydrate)).detach();

@@ -63,6 +63,8 @@ pub struct Shard {
     pub map_file: File,
     pub target_fresh: bool,
     pub map: RefCell<VolumeMap>,
+    /// Shared by all cores; only this core sets the bits of its chunks.
+    pub resident: std::sync::Arc<crate::map::resident::ResidentMap>,
     pub chunks: RefCell<HashMap<u64, Rc<ChunkSlot>>>,
     pub sync: SyncState,
     pub on_demand: LinkSlot,
@@ -104,25 +106,32 @@ impl Shard {
         self.geo.chunk_offset(p.chunk) + u64::from(p.offset_in_chunk)
     }
 
-    /// Reads one piece into `buf` (resized to the piece), fetching the chunk first if needed.
-    pub async fn read_piece(
+    /// Reads `[offset, offset + len)` — chunks all owned by this core — into `buf` (resized),
+    /// fetching any `Untouched` chunk first (one on-demand request for all of them). Once no
+    /// chunk is `Untouched` the whole range is one target read: `Zero` chunks read zeros there
+    /// by invariant 5.
+    pub async fn read_range(
         self: &Rc<Self>,
-        p: Piece,
+        offset: u64,
+        len: u32,
         mut buf: AlignedBuf,
     ) -> Result<AlignedBuf, VolError> {
-        debug_assert_eq!(self.geo.owner(p.chunk), self.id);
-        buf.set_len(p.len as usize);
-        loop {
-            match self.state(p.chunk) {
-                ChunkState::Untouched => self.ensure_fetched(p.chunk).await?,
-                ChunkState::Zero => {
-                    buf.fill(0);
-                    return Ok(buf);
-                }
-                ChunkState::Present | ChunkState::Dirty => break,
+        buf.set_len(len as usize);
+        let chunks = || self.geo.pieces(offset, u64::from(len)).map(|p| p.chunk);
+        debug_assert!(chunks().all(|c| self.geo.owner(c) == self.id));
+        let missing: Vec<u64> = chunks()
+            .filter(|&c| self.state(c) == ChunkState::Untouched)
+            .collect();
+        if !missing.is_empty() {
+            self.start_fetch(&missing, wire_format::frame::Class::OnDemand, None);
+            for c in missing {
+                self.ensure_fetched(c).await?;
             }
         }
-        let offset = self.byte_offset(&p);
+        if chunks().all(|c| self.state(c) == ChunkState::Zero) {
+            buf.fill(0);
+            return Ok(buf);
+        }
         let (res, buf) = self.target.read_exact_at(buf, offset).await;
         res.map_err(|e| VolError::target("read", offset, &e))?;
         Ok(buf)
@@ -155,8 +164,10 @@ impl Shard {
         slot.ops_in_flight.set(slot.ops_in_flight.get() - 1);
         if ok {
             self.sync.push(chunk, self.state(chunk));
+            self.resident.set(chunk);
         } else if prior == ChunkState::Untouched && slot.ops_in_flight.get() == 0 {
             self.map.borrow_mut().set_live(chunk, ChunkState::Untouched);
+            self.resident.clear(chunk);
         }
         slot.changed.notify_all();
         self.release(chunk);

@@ -40,6 +40,7 @@ pub struct Volume {
     /// Smallest request granule (the target's O_DIRECT alignment), advertised over NBD.
     pub min_block: u32,
     pub handle: CoreHandle,
+    pub resident: std::sync::Arc<crate::map::resident::ResidentMap>,
 }
 
 impl Volume {
@@ -80,9 +81,28 @@ impl Volume {
         futures::future::join_all(calls).await
     }
 
-    pub async fn read_piece(&self, p: Piece, buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
-        self.on_owner(p.chunk, move |s| async move { s.read_piece(p, buf).await })
-            .await
+    /// Reads a range that lies in one stripe (one owner), see [`Geometry::segments`]. When
+    /// every chunk of it is resident the read needs no owner: this core reads its own target
+    /// fd (a read changes no state). Otherwise the owner fetches what is missing.
+    pub async fn read_range(
+        &self,
+        offset: u64,
+        len: u32,
+        mut buf: AlignedBuf,
+    ) -> Result<AlignedBuf, VolError> {
+        let cs = u64::from(self.geo.chunk_size_bytes);
+        let first = offset / cs;
+        let last = (offset + u64::from(len) - 1) / cs;
+        if self.resident.all_set(first, last) {
+            buf.set_len(len as usize);
+            let (res, buf) = local_shard().target.read_exact_at(buf, offset).await;
+            res.map_err(|e| VolError::target("read", offset, &e))?;
+            return Ok(buf);
+        }
+        self.on_owner(first, move |s| async move {
+            s.read_range(offset, len, buf).await
+        })
+        .await
     }
 
     pub async fn write_piece(&self, p: Piece, buf: AlignedBuf) -> Result<AlignedBuf, VolError> {
@@ -105,6 +125,10 @@ impl Volume {
     /// Makes sure every chunk of the range is on the target: one on-demand request per owner
     /// for all missing chunks, then waits for them.
     pub async fn ensure_local(&self, offset: u64, len: u64) -> Result<(), VolError> {
+        let cs = u64::from(self.geo.chunk_size_bytes);
+        if len == 0 || self.resident.all_set(offset / cs, (offset + len - 1) / cs) {
+            return Ok(());
+        }
         let mut by_owner: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
         for p in self.geo.pieces(offset, len) {
             let list = by_owner.entry(self.geo.owner(p.chunk)).or_default();

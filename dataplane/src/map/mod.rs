@@ -16,6 +16,7 @@
 //! byte), so byte `c / 4` holds chunks `4k..4k+4`.
 
 pub mod file;
+pub mod resident;
 
 use bitvec::prelude::*;
 use std::collections::BTreeSet;

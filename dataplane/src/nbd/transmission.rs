@@ -5,7 +5,10 @@
 //! never needs more buffers than the pool has). Each request then completes in its own task and
 //! sends its reply under the connection's send lock.
 
+use std::cell::RefCell;
 use std::rc::Rc;
+
+use futures::stream::{FuturesOrdered, StreamExt};
 
 use wire_format::nbd::{self, Command, Request};
 
@@ -16,10 +19,21 @@ use crate::frontend::gate::Pass;
 use crate::frontend::volume::{local_gate, Volume};
 use crate::runtime::{self, AlignedBuf, Stream};
 
+/// Largest read segment: one owner, one target read, one pipelined send.
+const SEGMENT_BYTES: u64 = 1 << 20;
+/// Replies up to this size are copied behind their header and sent in one go.
+const SMALL_REPLY_BYTES: usize = 64 * 1024;
+/// Replies up to this size are read whole (in parallel segments) before they are sent.
+const MEDIUM_REPLY_BYTES: u64 = 4 << 20;
+/// Segments read ahead while a large reply is being sent.
+const SEGMENTS_IN_FLIGHT: usize = 4;
+
 struct Conn {
     stream: Stream,
     send: async_lock::Mutex<Vec<u8>>,
     vol: Rc<Volume>,
+    /// Buffers for large replies, used only by the holder of the send lock.
+    segment_bufs: RefCell<Vec<AlignedBuf>>,
 }
 
 pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<(), NbdConnError> {
@@ -27,6 +41,7 @@ pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<()
         stream,
         send: async_lock::Mutex::new(Vec::with_capacity(64)),
         vol,
+        segment_bufs: RefCell::new(Vec::new()),
     });
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
     let gate = local_gate();
@@ -139,14 +154,8 @@ impl Conn {
     }
 
     async fn reply_error(&self, cookie: u64, errno: u32) -> Result<(), NbdConnError> {
-        let head = nbd::encode_simple_reply(errno, cookie);
         let mut guard = self.send.lock().await;
-        let mut out = std::mem::take(&mut *guard);
-        out.clear();
-        out.extend_from_slice(&head);
-        let (res, out) = self.stream.send_all(out, 0..head.len()).await;
-        *guard = out;
-        Ok(res?)
+        Ok(self.send_reply_head(&mut guard, errno, cookie).await?)
     }
 
     async fn complete(&self, cookie: u64, r: Result<(), VolError>, pass: Pass) {
@@ -241,51 +250,65 @@ impl Conn {
     }
 
     async fn read(&self, req: Request, pass: Pass) {
-        let len = u64::from(req.length);
+        let (offset, len) = (req.offset, u64::from(req.length));
         let pool = runtime::buf_pool();
-        let mut pieces = self.vol.geo.pieces(req.offset, len);
-        // Single-piece reads (the common small read) go straight to the owner; larger ones
-        // first bring every chunk local in one request per owner, so a slow fetch never holds
-        // the send lock.
-        let first = pieces.next();
-        let single = first.is_some() && pieces.next().is_none();
-        let mut first_buf = None;
-        let prepared = if single {
-            let p = first.expect("checked above");
-            match self.vol.read_piece(p, pool.take().await).await {
-                Ok(b) => {
-                    first_buf = Some(b);
-                    Ok(())
+        let mut segments = self.vol.geo.segments(offset, len, SEGMENT_BYTES);
+        let first = segments.next();
+        let single =
+            first.filter(|&(_, l)| segments.next().is_none() && l as usize <= pool.buf_size());
+        // A small read goes straight to its owner and is sent when done.
+        if let Some((o, l)) = single {
+            match self.vol.read_range(o, l, pool.take().await).await {
+                Ok(buf) => {
+                    let mut guard = self.send.lock().await;
+                    let r = if buf.len() <= SMALL_REPLY_BYTES {
+                        // One send instead of two: copying a few KiB costs less than a syscall.
+                        let mut out = std::mem::take(&mut *guard);
+                        out.clear();
+                        out.extend_from_slice(&nbd::encode_simple_reply(0, req.cookie));
+                        out.extend_from_slice(&buf);
+                        let n = out.len();
+                        let (r, out) = self.stream.send_all(out, 0..n).await;
+                        *guard = out;
+                        r
+                    } else {
+                        match self.send_reply_head(&mut guard, 0, req.cookie).await {
+                            Ok(()) => {
+                                let n = buf.len();
+                                self.stream.send_all(buf, 0..n).await.0
+                            }
+                            Err(e) => Err(e),
+                        }
+                    };
+                    drop(guard);
+                    drop(pass);
+                    if r.is_err() {
+                        self.stream.shutdown();
+                    }
                 }
-                Err(e) => Err(e),
+                Err(e) => self.complete(req.cookie, Err(e), pass).await,
             }
-        } else if len > 0 {
-            self.vol.ensure_local(req.offset, len).await
-        } else {
-            Ok(())
-        };
-        if let Err(e) = prepared {
+            return;
+        }
+        // A medium one is read whole, segments in parallel, before taking the send lock.
+        if len <= MEDIUM_REPLY_BYTES {
+            self.read_medium(req, pass).await;
+            return;
+        }
+        // A large one first brings every chunk local, without holding the send lock, so a slow
+        // fetch never delays other replies; then streams segments in order under the lock.
+        if let Err(e) = self.vol.ensure_local(offset, len).await {
             self.complete(req.cookie, Err(e), pass).await;
             return;
         }
-        let head = nbd::encode_simple_reply(0, req.cookie);
         let mut guard = self.send.lock().await;
-        let mut out = std::mem::take(&mut *guard);
-        out.clear();
-        out.extend_from_slice(&head);
-        let (res, out) = self.stream.send_all(out, 0..head.len()).await;
-        *guard = out;
-        if res.is_err() {
-            self.stream.shutdown();
-            return;
+        let mut result = self
+            .send_reply_head(&mut guard, 0, req.cookie)
+            .await
+            .map_err(|e| e.to_string());
+        if result.is_ok() {
+            result = self.stream_segments(offset, len).await;
         }
-        let result = if let Some(b) = first_buf {
-            let n = b.len();
-            let (res, _) = self.stream.send_all(b, 0..n).await;
-            res.map_err(|e| e.to_string())
-        } else {
-            self.stream_pieces(&req).await
-        };
         drop(guard);
         drop(pass);
         if let Err(e) = result {
@@ -295,18 +318,147 @@ impl Conn {
         }
     }
 
-    async fn stream_pieces(&self, req: &Request) -> Result<(), String> {
-        let pool = runtime::buf_pool();
-        for p in self.vol.geo.pieces(req.offset, u64::from(req.length)) {
-            let buf = self
-                .vol
-                .read_piece(p, pool.take().await)
-                .await
-                .map_err(|e| e.to_string())?;
-            let n = buf.len();
-            let (res, _) = self.stream.send_all(buf, 0..n).await;
-            res.map_err(|e| e.to_string())?;
+    async fn read_medium(&self, req: Request, pass: Pass) {
+        let (offset, len) = (req.offset, u64::from(req.length));
+        let segs: Vec<(u64, u32)> = self.vol.geo.segments(offset, len, SEGMENT_BYTES).collect();
+        let (_held, bufs) = segment_pool::take(segs.len()).await;
+        let reads = segs
+            .iter()
+            .zip(bufs)
+            .map(|(&(o, l), b)| self.vol.read_range(o, l, b));
+        let results = futures::future::join_all(reads).await;
+        let mut bufs = Vec::with_capacity(results.len());
+        let mut error = None;
+        for r in results {
+            match r {
+                Ok(b) => bufs.push(b),
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        if let Some(e) = error {
+            segment_pool::give(bufs);
+            self.complete(req.cookie, Err(e), pass).await;
+            return;
+        }
+        let mut guard = self.send.lock().await;
+        let mut r = self.send_reply_head(&mut guard, 0, req.cookie).await;
+        let mut sent = Vec::with_capacity(bufs.len());
+        for b in bufs {
+            if r.is_err() {
+                sent.push(b);
+                continue;
+            }
+            let n = b.len();
+            let (res, b) = self.stream.send_all(b, 0..n).await;
+            r = res;
+            sent.push(b);
+        }
+        drop(guard);
+        drop(pass);
+        segment_pool::give(sent);
+        if r.is_err() {
+            self.stream.shutdown();
+        }
+    }
+
+    /// Sends a reply header; `scratch` is the send lock's buffer, so the caller holds the lock.
+    async fn send_reply_head(
+        &self,
+        scratch: &mut Vec<u8>,
+        errno: u32,
+        cookie: u64,
+    ) -> std::io::Result<()> {
+        let head = nbd::encode_simple_reply(errno, cookie);
+        let mut out = std::mem::take(scratch);
+        out.clear();
+        out.extend_from_slice(&head);
+        let (res, out) = self.stream.send_all(out, 0..head.len()).await;
+        *scratch = out;
+        res
+    }
+
+    /// Sends the data of `[offset, offset + len)`, reading up to `SEGMENTS_IN_FLIGHT` segments
+    /// ahead into this connection's own buffers. Called with the send lock held, which is why
+    /// these buffers are private: waiting for a shared pool while holding the lock could
+    /// deadlock with requests that hold pool buffers and wait for the lock.
+    async fn stream_segments(&self, offset: u64, len: u64) -> Result<(), String> {
+        let mut bufs = std::mem::take(&mut *self.segment_bufs.borrow_mut());
+        while bufs.len() < SEGMENTS_IN_FLIGHT {
+            bufs.push(AlignedBuf::new(SEGMENT_BYTES as usize));
+        }
+        let mut segments = self.vol.geo.segments(offset, len, SEGMENT_BYTES);
+        let mut in_flight = FuturesOrdered::new();
+        let mut result = Ok(());
+        loop {
+            while in_flight.len() < SEGMENTS_IN_FLIGHT {
+                let Some((o, l)) = segments.next() else { break };
+                let Some(buf) = bufs.pop() else { break };
+                in_flight.push_back(self.vol.read_range(o, l, buf));
+            }
+            match in_flight.next().await {
+                None => break,
+                Some(Ok(buf)) => {
+                    let n = buf.len();
+                    let (res, buf) = self.stream.send_all(buf, 0..n).await;
+                    bufs.push(buf);
+                    if let Err(e) = res {
+                        result = Err(e.to_string());
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        *self.segment_bufs.borrow_mut() = bufs;
+        result
+    }
+}
+
+/// Per-core segment buffers for medium replies, bounded. Taken *before* the send lock, and
+/// the lock holder never waits for them, so waiting here cannot deadlock.
+mod segment_pool {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use super::SEGMENT_BYTES;
+    use crate::runtime::AlignedBuf;
+
+    /// Buffers per core: 16 MiB, e.g. four 4 MiB replies at once.
+    pub const SEGMENTS_MAX: usize = 16;
+
+    thread_local! {
+        static FREE: RefCell<Vec<AlignedBuf>> = const { RefCell::new(Vec::new()) };
+        static PERMITS: Arc<async_lock::Semaphore> = Arc::new(async_lock::Semaphore::new(SEGMENTS_MAX));
+    }
+
+    /// Permits for buffers in use; buffers go back to the free list with `give`.
+    pub struct Held(#[allow(dead_code)] Vec<async_lock::SemaphoreGuardArc>);
+
+    pub async fn take(n: usize) -> (Held, Vec<AlignedBuf>) {
+        assert!(
+            n <= SEGMENTS_MAX,
+            "a medium reply spans at most {SEGMENTS_MAX} segments"
+        );
+        let permits = PERMITS.with(|p| p.clone());
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            held.push(permits.acquire_arc().await);
+        }
+        let bufs = (0..n)
+            .map(|_| {
+                FREE.with(|f| f.borrow_mut().pop())
+                    .unwrap_or_else(|| AlignedBuf::new(SEGMENT_BYTES as usize))
+            })
+            .collect();
+        (Held(held), bufs)
+    }
+
+    pub fn give(bufs: Vec<AlignedBuf>) {
+        FREE.with(|f| f.borrow_mut().extend(bufs));
     }
 }

@@ -1,0 +1,61 @@
+//! The resident bitmap: one bit per chunk, set when the chunk is no longer `Untouched` (its
+//! data is on the target, or it is `Zero`, which reads zeros there).
+//!
+//! It lets any core serve a read of resident chunks from its own ring, without a message to
+//! the owner. Rules:
+//! * only the owner core of a chunk writes its bit (rule 1 still holds for every change);
+//! * a bit is set only after the data is on the target (fill or write completed), with
+//!   `Release`; readers load with `Acquire`, so the target read sees that data;
+//! * it is cleared only when a failed write sends an `Untouched` chunk back to `Untouched`.
+//!
+//! It says nothing about durability: that is the map's job.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct ResidentMap {
+    words: Vec<AtomicU64>,
+}
+
+impl ResidentMap {
+    pub fn new(chunk_count: u64) -> ResidentMap {
+        ResidentMap {
+            words: (0..chunk_count.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    pub fn set(&self, chunk: u64) {
+        self.words[(chunk / 64) as usize].fetch_or(1 << (chunk % 64), Ordering::Release);
+    }
+
+    pub fn clear(&self, chunk: u64) {
+        self.words[(chunk / 64) as usize].fetch_and(!(1 << (chunk % 64)), Ordering::Release);
+    }
+
+    pub fn is_set(&self, chunk: u64) -> bool {
+        self.words[(chunk / 64) as usize].load(Ordering::Acquire) & (1 << (chunk % 64)) != 0
+    }
+
+    /// Whether every chunk in `first..=last` is resident.
+    pub fn all_set(&self, first: u64, last: u64) -> bool {
+        (first..=last).all(|c| self.is_set(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn set_clear_ranges() {
+        let m = super::ResidentMap::new(130);
+        m.set(0);
+        m.set(64);
+        m.set(129);
+        assert!(m.is_set(64) && !m.is_set(63));
+        assert!(!m.all_set(0, 1));
+        m.set(1);
+        assert!(m.all_set(0, 1));
+        m.clear(0);
+        assert!(!m.is_set(0) && m.is_set(129));
+    }
+}
