@@ -308,6 +308,15 @@ fn run(cli: Cli) -> Result<Report> {
         progress(&format!("  {}", mib_s(r.bytes_per_s)));
         hyd.fio_write.push(r);
 
+        progress(&format!(
+            "(a) round {round}/{repeat}: fio read of the source and write of a new file at once"
+        ));
+        system::drop_caches();
+        let both = concurrent_fio(&source, &scratch, size_bytes, &tag, &logs, timeout)?;
+        let _ = std::fs::remove_file(&scratch);
+        progress(&format!("  {}", mib_s(both)));
+        hyd.fio_concurrent.push(both);
+
         if let Some(f) = &ferry {
             progress(&format!("(a) round {round}/{repeat}: ferry hydration"));
             let paths = hydrate::Paths {
@@ -337,10 +346,12 @@ fn run(cli: Cli) -> Result<Report> {
     hyd.fio_read_bytes_per_s = report::median(hyd.fio_read.iter().map(|r| r.bytes_per_s).collect());
     hyd.fio_write_bytes_per_s =
         report::median(hyd.fio_write.iter().map(|r| r.bytes_per_s).collect());
+    hyd.fio_concurrent_bytes_per_s = report::median(hyd.fio_concurrent.clone());
     if !hyd.ferry.is_empty() {
         let f = report::median(hyd.ferry.iter().map(|r| r.bytes_per_s).collect());
         hyd.ferry_bytes_per_s = Some(f);
         hyd.ratio_to_slower_fio = Some(f / hyd.fio_read_bytes_per_s.min(hyd.fio_write_bytes_per_s));
+        hyd.ratio_to_concurrent_fio = Some(f / hyd.fio_concurrent_bytes_per_s);
     }
 
     // (b) serving: the frontend left running by the last round, and qemu-nbd on its target.
@@ -492,4 +503,34 @@ mod tests {
         assert_eq!(report::median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(report::median(vec![4.0, 1.0]), 2.5);
     }
+}
+
+/// Runs the read and the write fio jobs at the same time and returns the rate of the copy
+/// they amount to: size / the longer of the two runtimes.
+fn concurrent_fio(
+    source: &Path,
+    scratch: &Path,
+    size_bytes: u64,
+    tag: &str,
+    logs: &Path,
+    timeout: Duration,
+) -> Result<f64> {
+    let tag = format!("{tag}-concurrent");
+    let (r, w) = std::thread::scope(|s| {
+        let r = s.spawn(|| fio::run(&hydrate::fio_read_job(source), &tag, logs, false, timeout));
+        let w = s.spawn(|| {
+            fio::run(
+                &hydrate::fio_write_job(scratch, size_bytes),
+                &tag,
+                logs,
+                false,
+                timeout,
+            )
+        });
+        (r.join(), w.join())
+    });
+    let r = r.map_err(|_| anyhow::anyhow!("fio read thread panicked"))??;
+    let w = w.map_err(|_| anyhow::anyhow!("fio write thread panicked"))??;
+    let ms = r.runtime_ms.max(w.runtime_ms).max(1);
+    Ok(size_bytes as f64 / (ms as f64 / 1000.0))
 }

@@ -66,6 +66,11 @@ pub struct Hydration {
     pub fio_write_bytes_per_s: f64,
     pub ferry_bytes_per_s: Option<f64>,
     pub ratio_to_slower_fio: Option<f64>,
+    /// fio reading the source and writing a new file *at the same time*: what a copy on this
+    /// one device can do at best (migration reads and writes at once).
+    pub fio_concurrent: Vec<f64>,
+    pub fio_concurrent_bytes_per_s: f64,
+    pub ratio_to_concurrent_fio: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -174,10 +179,13 @@ pub fn verdicts(h: &Hydration, s: &Serving) -> Vec<Verdict> {
             goal: hydration_goal,
             met: Some(r >= HYDRATION_GOAL),
             detail: format!(
-                "{r:.2} (ferry {:.0} MiB/s; fio read {:.0} MiB/s, fio write {:.0} MiB/s)",
+                "{r:.2} (ferry {:.0} MiB/s; fio read {:.0} MiB/s, fio write {:.0} MiB/s; \
+                 fio reading and writing at once {:.0} MiB/s, ferry / that {:.2})",
                 mib(f),
                 mib(h.fio_read_bytes_per_s),
-                mib(h.fio_write_bytes_per_s)
+                mib(h.fio_write_bytes_per_s),
+                mib(h.fio_concurrent_bytes_per_s),
+                h.ratio_to_concurrent_fio.unwrap_or(0.0)
             ),
         },
         _ => Verdict {
@@ -330,8 +338,19 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "| **ratio ferry / slower fio** (goal >= {HYDRATION_GOAL}) | {} | |\n",
+            "| fio read of the source and write of a new file at the same time (copy ceiling of one device) | {} | {} |",
+            mib_s(h.fio_concurrent_bytes_per_s),
+            rounds(h.fio_concurrent.clone())
+        );
+        let _ = writeln!(
+            o,
+            "| **ratio ferry / slower fio** (goal >= {HYDRATION_GOAL}) | {} | |",
             ratio(h.ratio_to_slower_fio)
+        );
+        let _ = writeln!(
+            o,
+            "| ratio ferry / concurrent fio read+write (same device) | {} | |\n",
+            ratio(h.ratio_to_concurrent_fio)
         );
         let _ = writeln!(
             o,

@@ -75,8 +75,12 @@ pub fn run(
         })?;
     drop(std_listener);
     let listen = addr;
+    // 1 MiB buffers (one coalesced run of chunks each); 16 per core keep 16 reads in flight
+    // per core, more than the disk needs, and bound memory.
     let rt = RuntimeConfig {
         cores: cfg.cores.max(1),
+        buf_size: 1 << 20,
+        bufs_per_core: 16,
         ..RuntimeConfig::default()
     };
     let ready = std::sync::Mutex::new(Some(ready));

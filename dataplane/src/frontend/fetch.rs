@@ -93,6 +93,7 @@ impl Shard {
 
     async fn run_fetch(self: &Rc<Self>, chunks: Vec<u64>, class: Class) {
         let mut remaining: BTreeSet<u64> = chunks.into_iter().collect();
+        let mut fills = Vec::with_capacity(remaining.len());
         let mut attempt = 0u32;
         let mut last_error = String::new();
         while !remaining.is_empty() {
@@ -190,7 +191,12 @@ impl Shard {
                     break;
                 }
                 remaining.remove(&chunk);
-                self.fill(chunk, fill, class).await;
+                // Fills of one request run concurrently: the target sees many writes in
+                // flight instead of one 64 KiB write at a time.
+                let shard = self.clone();
+                fills.push(runtime::spawn(async move {
+                    shard.fill(chunk, fill, class).await
+                }));
             }
             if !remaining.is_empty() {
                 tracing::warn!(attempt, remaining = remaining.len(), error = %last_error, "fetch incomplete; retrying");
@@ -201,6 +207,9 @@ impl Shard {
         }
         for chunk in remaining {
             self.fetch_failed(chunk, format!("{last_error} (after {attempt} attempts)"));
+        }
+        for f in fills {
+            f.await;
         }
     }
 

@@ -177,7 +177,7 @@ pub fn run(
     let rt = RuntimeConfig {
         cores,
         buf_size: geo.chunk_size_bytes as usize,
-        bufs_per_core: 256,
+        bufs_per_core: 128,
         ..RuntimeConfig::default()
     };
     let (err_tx, err_rx) = std::sync::mpsc::channel::<FrontendError>();
@@ -405,7 +405,7 @@ async fn start_core(
         direct: false,
     };
     let map_file = File::open(&map_path, &buffered).map_err(|e| state_err(&cfg.state_dir, e))?;
-    let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 512));
+    let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 64));
     let link = |tos| LinkConfig {
         addr: cfg.backend,
         volume: cfg.volume.clone(),

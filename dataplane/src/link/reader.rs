@@ -8,7 +8,8 @@ use wire_format::frame::{Frame, Header, HEADER_LEN, MAX_PAYLOAD};
 use super::LinkError;
 use crate::runtime::Stream;
 
-const BUF_LEN: usize = 2 * (HEADER_LEN + MAX_PAYLOAD as usize);
+// One largest frame plus room for the next few headers.
+const BUF_LEN: usize = HEADER_LEN + MAX_PAYLOAD as usize + 256 * 1024;
 
 pub struct FrameReader {
     stream: Stream,
