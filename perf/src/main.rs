@@ -486,25 +486,6 @@ fn main() -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").is_err());
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(report::median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(report::median(vec![4.0, 1.0]), 2.5);
-    }
-}
-
 /// Runs the read and the write fio jobs at the same time and returns the rate of the copy
 /// they amount to: size / the longer of the two runtimes.
 fn concurrent_fio(
@@ -533,4 +514,23 @@ fn concurrent_fio(
     let w = w.map_err(|_| anyhow::anyhow!("fio write thread panicked"))??;
     let ms = r.runtime_ms.max(w.runtime_ms).max(1);
     Ok(size_bytes as f64 / (ms as f64 / 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(report::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(report::median(vec![4.0, 1.0]), 2.5);
+    }
 }
