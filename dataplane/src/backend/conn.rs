@@ -10,7 +10,7 @@ use wire_format::frame::{self, Class, ErrorCode, Frame, MAX_EXTENTS_PER_FRAME, M
 use super::volume::SourceVolume;
 use crate::link::reader::FrameReader;
 use crate::link::LinkError;
-use crate::runtime::{self, AlignedBuf, File, OpenOptions, Stream};
+use crate::runtime::{self, AlignedBuf, File, Gather, OpenOptions, Stream};
 
 /// Fetch requests served at once per connection: bounds buffers and disk queue depth.
 const FETCHES_IN_FLIGHT_MAX: usize = 32;
@@ -323,7 +323,7 @@ impl Conn {
                 AlignedBuf::new(run_len)
             };
             buf.set_len(run_len);
-            let (res, mut buf) = opened.reader.read_exact_at(buf, offset).await;
+            let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
             if let Err(e) = res {
                 let msg = format!("reading {} at {offset}: {e}", vol.path.display());
                 tracing::warn!(%msg, "source read failed");
@@ -339,29 +339,44 @@ impl Conn {
                 i += n as usize;
                 continue;
             }
+            // All frames of the run in one gather send: headers from `head`, data straight
+            // from the read buffer.
+            let mut head = Vec::with_capacity(n as usize * 64);
+            let mut parts = Vec::with_capacity(2 * n as usize);
+            let mut data_bytes = 0u64;
             for k in 0..n {
                 let start = (k * cs) as usize;
                 let end = (start + cs as usize).min(run_len);
+                let h0 = head.len();
                 if is_zero(&buf[start..end]) {
-                    self.send_zero(id, handle, chunk + k).await?;
-                    continue;
+                    self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
+                    Frame::ChunkZero {
+                        handle,
+                        chunk: chunk + k,
+                    }
+                    .encode(id, &mut head)?;
+                    parts.push((false, h0..head.len()));
+                } else {
+                    frame::encode_chunk_data_prefix(
+                        id,
+                        handle,
+                        chunk + k,
+                        &buf[start..end],
+                        &mut head,
+                    )?;
+                    parts.push((false, h0..head.len()));
+                    parts.push((true, start..end));
+                    data_bytes += (end - start) as u64;
+                    self.chunks_sent.set(self.chunks_sent.get() + 1);
                 }
-                let mut guard = self.send.lock().await;
-                let mut out = std::mem::take(&mut *guard);
-                out.clear();
-                frame::encode_chunk_data_prefix(id, handle, chunk + k, &buf[start..end], &mut out)?;
-                let out_len = out.len();
-                let (res, out) = self.stream.send_all(out, 0..out_len).await;
-                *guard = out;
-                res?;
-                let (res, b) = self.stream.send_all(buf, start..end).await;
-                buf = b;
-                drop(guard);
-                res?;
-                self.chunks_sent.set(self.chunks_sent.get() + 1);
-                self.bytes_sent
-                    .set(self.bytes_sent.get() + (end - start) as u64);
             }
+            let gather = Gather::new(head, buf, parts);
+            let guard = self.send.lock().await;
+            let (res, gather) = self.stream.send_gather_all(gather).await;
+            drop(guard);
+            drop(gather);
+            res?;
+            self.bytes_sent.set(self.bytes_sent.get() + data_bytes);
             i += n as usize;
         }
         Ok(())

@@ -94,6 +94,9 @@ impl Shard {
     async fn run_fetch(self: &Rc<Self>, chunks: Vec<u64>, class: Class) {
         let mut remaining: BTreeSet<u64> = chunks.into_iter().collect();
         let mut fills = Vec::with_capacity(remaining.len());
+        let t0 = std::time::Instant::now();
+        let first_chunk = remaining.first().copied();
+        let mut first_reply_us = 0u128;
         let mut attempt = 0u32;
         let mut last_error = String::new();
         while !remaining.is_empty() {
@@ -190,6 +193,9 @@ impl Shard {
                     link.kill();
                     break;
                 }
+                if first_reply_us == 0 {
+                    first_reply_us = t0.elapsed().as_micros();
+                }
                 remaining.remove(&chunk);
                 // Fills of one request run concurrently: the target sees many writes in
                 // flight instead of one 64 KiB write at a time.
@@ -208,9 +214,17 @@ impl Shard {
         for chunk in remaining {
             self.fetch_failed(chunk, format!("{last_error} (after {attempt} attempts)"));
         }
+        let got_us = t0.elapsed().as_micros();
         for f in fills {
             f.await;
         }
+        tracing::trace!(
+            ?first_chunk,
+            first_reply_us,
+            got_us,
+            filled_us = t0.elapsed().as_micros(),
+            "fetch timing"
+        );
     }
 
     fn fetch_failed(&self, chunk: u64, reason: String) {

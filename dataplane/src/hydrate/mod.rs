@@ -104,12 +104,14 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
             bucket.take(bytes, rate).await;
         }
         let s = shard.clone();
+        // The batch's data is on the target when `done` runs; making it durable is group
+        // commit's job and must not hold the next batch back.
         let done: Box<dyn FnOnce()> = Box::new(move || {
+            drop(permit);
             runtime::spawn(async move {
                 if let Err(e) = s.sync().await {
                     tracing::error!(error = %e, "sync after a background batch failed");
                 }
-                drop(permit);
             })
             .detach();
         });

@@ -63,6 +63,7 @@ pub use cores::{CoreHandle, CoreSet};
 pub use executor::{block_on, buf_pool, core_handle, current_core, spawn, yield_now};
 pub use fs::{DioAlign, File, OpenOptions};
 pub use net::{ConnectOpts, Listener, Stream};
+pub use op::Gather;
 pub use probe::probe;
 pub use time::{sleep, timeout, Elapsed};
 

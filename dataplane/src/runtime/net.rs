@@ -242,6 +242,33 @@ impl Stream {
         (Ok(()), buf)
     }
 
+    /// Sends every part of `g`, in order, with as few `sendmsg` calls as the kernel allows
+    /// (one per gather list usually): header and data of many frames in one syscall.
+    pub async fn send_gather_all(&self, g: Box<op::Gather>) -> (io::Result<()>, Box<op::Gather>) {
+        let total = g.total();
+        let mut sent = 0;
+        let mut g = g;
+        while sent < total {
+            let (res, (_, back)) = op::send_gather(Rc::clone(&self.fd), g, sent).await;
+            g = back;
+            match res {
+                Ok(0) => {
+                    return (
+                        Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "sendmsg wrote 0 bytes",
+                        )),
+                        g,
+                    )
+                }
+                Ok(n) => sent += n as usize,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), g),
+            }
+        }
+        (Ok(()), g)
+    }
+
     /// Sends all of `buf[range]` (MSG_NOSIGNAL: a closed peer is `BrokenPipe`, not SIGPIPE).
     pub async fn send_all<B: IoBuf>(&self, mut buf: B, range: Range<usize>) -> (io::Result<()>, B) {
         assert!(

@@ -796,6 +796,94 @@ pub(crate) fn send<H: FdHandle, B: IoBuf>(fd: H, buf: B, range: Range<usize>) ->
     }
 }
 
+/// Most iovecs one `sendmsg` takes (Linux UIO_MAXIOV); longer lists go out in several ops.
+const IOV_MAX: usize = 1024;
+
+/// A gather list for one vectored send: pieces of `head` and `body` in wire order. The
+/// iovecs and the msghdr live in this (boxed) struct, so they stay put while the kernel reads
+/// them.
+pub struct Gather {
+    pub head: Vec<u8>,
+    pub body: AlignedBuf,
+    /// `(from_body, range)` in the order the bytes go on the wire.
+    pub parts: Vec<(bool, Range<usize>)>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl Gather {
+    pub fn new(head: Vec<u8>, body: AlignedBuf, parts: Vec<(bool, Range<usize>)>) -> Box<Gather> {
+        for (from_body, r) in &parts {
+            let init = if *from_body {
+                body.bytes_init()
+            } else {
+                head.len()
+            };
+            check_range(r, init, "gather");
+        }
+        // SAFETY: msghdr is plain data; all-zero is its empty value.
+        let msg = unsafe { std::mem::zeroed::<libc::msghdr>() };
+        Box::new(Gather {
+            head,
+            body,
+            parts,
+            iov: Vec::new(),
+            msg,
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.parts.iter().map(|(_, r)| r.len()).sum()
+    }
+
+    pub fn into_parts(self) -> (Vec<u8>, AlignedBuf) {
+        (self.head, self.body)
+    }
+}
+
+/// `sendmsg(MSG_NOSIGNAL)` of everything in `g` after its first `skip` bytes.
+pub(crate) fn send_gather<H: FdHandle>(
+    fd: H,
+    mut g: Box<Gather>,
+    skip: usize,
+) -> Op<(H, Box<Gather>)> {
+    let mut skip = skip;
+    let mut iov = std::mem::take(&mut g.iov);
+    iov.clear();
+    for (from_body, r) in &g.parts {
+        if skip >= r.len() {
+            skip -= r.len();
+            continue;
+        }
+        let base = if *from_body {
+            g.body.stable_ptr()
+        } else {
+            g.head.as_ptr()
+        };
+        iov.push(libc::iovec {
+            iov_base: base.wrapping_add(r.start + skip) as *mut libc::c_void,
+            iov_len: r.len() - skip,
+        });
+        skip = 0;
+        if iov.len() == IOV_MAX {
+            break;
+        }
+    }
+    g.iov = iov;
+    g.msg.msg_iov = g.iov.as_mut_ptr();
+    g.msg.msg_iovlen = g.iov.len() as _;
+    // SAFETY: rule 1: the msghdr, the iovec array and every byte they point at (head, body)
+    // are heap memory owned by the boxed Gather, which travels with the op; ranges were
+    // checked in Gather::new. Rule 2: `fd` travels with the op. The kernel only reads.
+    unsafe {
+        Op::submit((fd, g), |_, (fd, g)| {
+            opcode::SendMsg::new(types::Fd(fd.raw()), &g.msg as *const libc::msghdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        })
+    }
+}
+
 /// `accept4(SOCK_CLOEXEC)` without the peer address.
 pub(crate) fn accept<H: FdHandle>(fd: H) -> Op<H> {
     // SAFETY: null address pointers name no memory (rule 1); `fd` travels with the op (rule 2).
