@@ -317,13 +317,17 @@ impl Conn {
                 n += 1;
             }
             let run_len = (n * cs).min(vol.size_bytes - offset) as usize;
+            let t_take = std::time::Instant::now();
             let mut buf = if run_len <= pool.buf_size() {
                 pool.take().await
             } else {
                 AlignedBuf::new(run_len)
             };
+            let take_us = t_take.elapsed().as_micros();
             buf.set_len(run_len);
+            let t_read = std::time::Instant::now();
             let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
+            let read_us = t_read.elapsed().as_micros();
             if let Err(e) = res {
                 let msg = format!("reading {} at {offset}: {e}", vol.path.display());
                 tracing::warn!(%msg, "source read failed");
@@ -371,9 +375,21 @@ impl Conn {
                 }
             }
             let gather = Gather::new(head, buf, parts);
+            let t_lock = std::time::Instant::now();
             let guard = self.send.lock().await;
+            let lock_us = t_lock.elapsed().as_micros();
+            let t_send = std::time::Instant::now();
             let (res, gather) = self.stream.send_gather_all(gather).await;
             drop(guard);
+            tracing::trace!(
+                chunk,
+                n,
+                take_us,
+                read_us,
+                lock_us,
+                send_us = t_send.elapsed().as_micros(),
+                "run timing"
+            );
             drop(gather);
             res?;
             self.bytes_sent.set(self.bytes_sent.get() + data_bytes);

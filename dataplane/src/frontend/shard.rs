@@ -70,6 +70,10 @@ pub struct Shard {
     pub on_demand: LinkSlot,
     pub background: LinkSlot,
     pub bufs: Rc<ChunkBufs>,
+    /// Bounds target writes of fetched data in flight, so fills cannot flood the device queue
+    /// and starve reads (the backend's, when source and target share a device, and the
+    /// workload's).
+    pub fill_permits: std::sync::Arc<async_lock::Semaphore>,
     pub stats: ShardStats,
     /// Chunks with a fetch in flight, and a signal when that count changes.
     pub fetches_in_flight: Cell<usize>,
