@@ -12,6 +12,7 @@
 //! * [`link`] — the frontend↔backend connection (wire-format frames).
 //! * [`geometry`] — chunks, pieces and which core owns what.
 
+mod accept;
 pub mod backend;
 pub mod bufs;
 pub mod frontend;

@@ -106,37 +106,14 @@ pub fn run(
             if let Some(ready) = ready {
                 ready(listener.local_addr());
             }
-            accept_loop(listener, volumes).await;
+            crate::accept::round_robin(
+                listener,
+                move |stream| conn::serve(stream, volumes.clone()),
+                || false,
+            )
+            .await;
         }
     })?;
     set.join()?;
     Ok(())
-}
-
-async fn accept_loop(listener: Listener, volumes: Arc<Vec<SourceVolume>>) {
-    let handle = runtime::core_handle();
-    let mut next = 0usize;
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                runtime::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let core = next % handle.cores();
-        next += 1;
-        let volumes = volumes.clone();
-        if core == runtime::current_core() {
-            runtime::spawn(conn::serve(stream, volumes)).detach();
-            continue;
-        }
-        match stream.into_owned_fd() {
-            Ok(fd) => handle.post(core, move || {
-                runtime::spawn(conn::serve(runtime::Stream::from_owned_fd(fd), volumes)).detach();
-            }),
-            Err(stream) => runtime::spawn(conn::serve(stream, volumes)).detach(),
-        }
-    }
 }

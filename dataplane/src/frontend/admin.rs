@@ -41,6 +41,24 @@ pub struct AdminReply {
     pub untouched: Option<u64>,
 }
 
+impl AdminReply {
+    fn ok(message: String) -> AdminReply {
+        AdminReply {
+            ok: true,
+            message: Some(message),
+            ..Default::default()
+        }
+    }
+
+    fn err(error: String) -> AdminReply {
+        AdminReply {
+            ok: false,
+            error: Some(error),
+            ..Default::default()
+        }
+    }
+}
+
 pub struct Admin {
     pub dir: PathBuf,
     pub session: SessionState,
@@ -124,118 +142,65 @@ impl Admin {
                         .on_all(move |s| async move { s.background_rate.set(rate) })
                         .await;
                 });
-                (
-                    AdminReply {
-                        ok: true,
-                        message: Some("background rate set".into()),
-                        ..Default::default()
-                    },
-                    false,
-                )
+                (AdminReply::ok("background rate set".into()), false)
             }
-            "cutover" => {
-                let r = self
-                    .handle
-                    .call_blocking(0, || async { coordinator::cutover(&local_volume()).await });
-                match r {
-                    Ok(_) => match self.record(Phase::Completed) {
-                        Ok(()) => {
-                            let msg = format!(
-                                "cutover complete: target {} is a complete raw disk",
-                                self.session.target.display()
-                            );
-                            self.set_outcome(&msg);
-                            (
-                                AdminReply {
-                                    ok: true,
-                                    message: Some(msg),
-                                    ..Default::default()
-                                },
-                                true,
-                            )
-                        }
-                        Err(e) => {
-                            self.handle.call_blocking(0, || async {
-                                coordinator::resume(&local_volume()).await
-                            });
-                            let error = format!("cutover failed: cannot record the phase: {e}");
-                            (
-                                AdminReply {
-                                    ok: false,
-                                    error: Some(error),
-                                    ..Default::default()
-                                },
-                                false,
-                            )
-                        }
-                    },
-                    Err(e) => {
-                        let untouched = match e {
-                            CutoverError::Untouched(n) => Some(n),
-                            CutoverError::Failed(_) => None,
-                        };
-                        (
-                            AdminReply {
-                                ok: false,
-                                error: Some(e.to_string()),
-                                untouched,
-                                ..Default::default()
-                            },
-                            false,
-                        )
-                    }
+            "cutover" => match self
+                .handle
+                .call_blocking(0, || async { coordinator::cutover(&local_volume()).await })
+            {
+                Ok(_) => {
+                    let msg = format!(
+                        "cutover complete: target {} is a complete raw disk",
+                        self.session.target.display()
+                    );
+                    self.finish(Phase::Completed, msg)
                 }
-            }
-            "abort" => {
-                let r = self
-                    .handle
-                    .call_blocking(0, || async { coordinator::abort(&local_volume()).await });
-                match r {
-                    Ok(n) => match self.record(Phase::Aborted) {
-                        Ok(()) => {
-                            let msg = format!("abort complete: {n} chunks written back to the source, which is current and durable");
-                            self.set_outcome(&msg);
-                            (
-                                AdminReply {
-                                    ok: true,
-                                    message: Some(msg),
-                                    ..Default::default()
-                                },
-                                true,
-                            )
-                        }
-                        Err(e) => {
-                            let error = format!(
-                                "abort wrote the source back but cannot record the phase: {e}"
-                            );
-                            (
-                                AdminReply {
-                                    ok: false,
-                                    error: Some(error),
-                                    ..Default::default()
-                                },
-                                false,
-                            )
-                        }
-                    },
-                    Err(e) => (
+                Err(e) => {
+                    let untouched = match e {
+                        CutoverError::Untouched(n) => Some(n),
+                        CutoverError::Failed(_) => None,
+                    };
+                    (
                         AdminReply {
-                            ok: false,
-                            error: Some(e),
-                            ..Default::default()
+                            untouched,
+                            ..AdminReply::err(e.to_string())
                         },
                         false,
-                    ),
+                    )
                 }
+            },
+            "abort" => match self
+                .handle
+                .call_blocking(0, || async { coordinator::abort(&local_volume()).await })
+            {
+                Ok(n) => {
+                    let msg = format!("abort complete: {n} chunks written back to the source, which is current and durable");
+                    self.finish(Phase::Aborted, msg)
+                }
+                Err(e) => (AdminReply::err(e), false),
+            },
+            other => (
+                AdminReply::err(format!("unknown admin command {other:?}")),
+                false,
+            ),
+        }
+    }
+
+    /// Records the terminal phase; only then is the operation reported done. If the phase
+    /// cannot be recorded the export serves again and the operator is told.
+    fn finish(&self, phase: Phase, msg: String) -> (AdminReply, bool) {
+        match self.record(phase) {
+            Ok(()) => {
+                self.set_outcome(&msg);
+                (AdminReply::ok(msg), true)
             }
-            other => {
-                let error = format!("unknown admin command {other:?}");
+            Err(e) => {
+                self.handle
+                    .call_blocking(0, || async { coordinator::resume(&local_volume()).await });
                 (
-                    AdminReply {
-                        ok: false,
-                        error: Some(error),
-                        ..Default::default()
-                    },
+                    AdminReply::err(format!(
+                        "{msg}, but recording the phase failed: {e}; the export serves again"
+                    )),
                     false,
                 )
             }

@@ -464,41 +464,11 @@ async fn start_core(
             NbdListen::Tcp(_) => format!("tcp:{}", listener.local_addr()),
         });
     }
-    runtime::spawn(accept_loop(listener)).detach();
+    runtime::spawn(crate::accept::round_robin(
+        listener,
+        |stream| crate::nbd::serve(stream, volume::local_volume()),
+        || volume::local_gate().is_shut_down(),
+    ))
+    .detach();
     Ok(())
-}
-
-/// Hands NBD connections to cores round-robin.
-async fn accept_loop(listener: Listener) {
-    let handle = runtime::core_handle();
-    let mut next = 0usize;
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "NBD accept failed");
-                runtime::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if volume::local_gate().is_shut_down() {
-            stream.shutdown();
-            continue;
-        }
-        let core = next % handle.cores();
-        next += 1;
-        if core == runtime::current_core() {
-            runtime::spawn(crate::nbd::serve(stream, volume::local_volume())).detach();
-            continue;
-        }
-        match stream.into_owned_fd() {
-            Ok(fd) => handle.post(core, move || {
-                let s = runtime::Stream::from_owned_fd(fd);
-                runtime::spawn(crate::nbd::serve(s, volume::local_volume())).detach();
-            }),
-            Err(stream) => {
-                runtime::spawn(crate::nbd::serve(stream, volume::local_volume())).detach()
-            }
-        }
-    }
 }
