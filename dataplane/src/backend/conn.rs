@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use wire_format::frame::{self, Class, ErrorCode, Frame, MAX_EXTENTS_PER_FRAME, MAX_FETCH_CHUNKS};
 
 use super::volume::SourceVolume;
@@ -14,6 +15,8 @@ use crate::runtime::{self, AlignedBuf, File, Gather, OpenOptions, Stream};
 
 /// Fetch requests served at once per connection: bounds buffers and disk queue depth.
 const FETCHES_IN_FLIGHT_MAX: usize = 32;
+/// Runs of one request read at once (the pool bounds the total per core).
+const RUNS_IN_FLIGHT_PER_REQUEST: usize = 4;
 
 struct Opened {
     volume: usize,
@@ -270,9 +273,11 @@ impl Conn {
         Ok(())
     }
 
-    /// Answers one fetch request. Consecutive chunks are read with one O_DIRECT read (up to a
-    /// pool buffer, 1 MiB) and sent as one frame per chunk; holes and all-zero chunks go out as
-    /// `ChunkZero` without data.
+    /// Answers one fetch request. Consecutive chunks form runs read with one O_DIRECT read
+    /// each (up to a pool buffer, 1 MiB) and sent with one gather send; the runs of a request
+    /// are read concurrently so the device sees a deep queue. Holes and all-zero chunks go out
+    /// as `ChunkZero` without data. Replies may come in any order (the frontend matches them
+    /// by chunk).
     async fn fetch(
         &self,
         id: u64,
@@ -284,10 +289,10 @@ impl Conn {
         debug_assert!(chunks.len() <= MAX_FETCH_CHUNKS);
         let vol = &self.volumes[opened.volume];
         let cs = u64::from(opened.chunk_size_bytes);
-        let pool = runtime::buf_pool();
-        let run_max = (pool.buf_size() as u64 / cs).max(1);
+        let run_max = (runtime::buf_pool().buf_size() as u64 / cs).max(1);
         let in_range = |c: u64| c.checked_mul(cs).filter(|&o| o < vol.size_bytes);
         let chunk_len = |o: u64| cs.min(vol.size_bytes - o);
+        let mut runs = Vec::new();
         let mut i = 0;
         while i < chunks.len() {
             let chunk = chunks[i];
@@ -316,85 +321,100 @@ impl Conn {
             {
                 n += 1;
             }
-            let run_len = (n * cs).min(vol.size_bytes - offset) as usize;
-            let t_take = std::time::Instant::now();
-            let mut buf = if run_len <= pool.buf_size() {
-                pool.take().await
-            } else {
-                AlignedBuf::new(run_len)
-            };
-            let take_us = t_take.elapsed().as_micros();
-            buf.set_len(run_len);
-            let t_read = std::time::Instant::now();
-            let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
-            let read_us = t_read.elapsed().as_micros();
-            if let Err(e) = res {
-                let msg = format!("reading {} at {offset}: {e}", vol.path.display());
-                tracing::warn!(%msg, "source read failed");
-                for c in chunk..chunk + n {
-                    let f = Frame::ChunkError {
-                        handle,
-                        chunk: c,
-                        code: ErrorCode::Io,
-                        message: &msg,
-                    };
-                    self.send_frame(id, &f).await?;
-                }
-                i += n as usize;
-                continue;
-            }
-            // All frames of the run in one gather send: headers from `head`, data straight
-            // from the read buffer.
-            let mut head = Vec::with_capacity(n as usize * 64);
-            let mut parts = Vec::with_capacity(2 * n as usize);
-            let mut data_bytes = 0u64;
-            for k in 0..n {
-                let start = (k * cs) as usize;
-                let end = (start + cs as usize).min(run_len);
-                let h0 = head.len();
-                if is_zero(&buf[start..end]) {
-                    self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
-                    Frame::ChunkZero {
-                        handle,
-                        chunk: chunk + k,
-                    }
-                    .encode(id, &mut head)?;
-                    parts.push((false, h0..head.len()));
-                } else {
-                    frame::encode_chunk_data_prefix(
-                        id,
-                        handle,
-                        chunk + k,
-                        &buf[start..end],
-                        &mut head,
-                    )?;
-                    parts.push((false, h0..head.len()));
-                    parts.push((true, start..end));
-                    data_bytes += (end - start) as u64;
-                    self.chunks_sent.set(self.chunks_sent.get() + 1);
-                }
-            }
-            let gather = Gather::new(head, buf, parts);
-            let t_lock = std::time::Instant::now();
-            let guard = self.send.lock().await;
-            let lock_us = t_lock.elapsed().as_micros();
-            let t_send = std::time::Instant::now();
-            let (res, gather) = self.stream.send_gather_all(gather).await;
-            drop(guard);
-            tracing::trace!(
-                chunk,
-                n,
-                take_us,
-                read_us,
-                lock_us,
-                send_us = t_send.elapsed().as_micros(),
-                "run timing"
-            );
-            drop(gather);
-            res?;
-            self.bytes_sent.set(self.bytes_sent.get() + data_bytes);
+            runs.push((chunk, n, offset));
             i += n as usize;
         }
+        let results: Vec<Result<(), LinkError>> = futures::stream::iter(runs)
+            .map(|(chunk, n, offset)| self.serve_run(id, handle, opened, chunk, n, offset))
+            .buffer_unordered(RUNS_IN_FLIGHT_PER_REQUEST)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Reads `n` chunks from `offset` and sends them in one gather send.
+    async fn serve_run(
+        &self,
+        id: u64,
+        handle: u32,
+        opened: &Opened,
+        chunk: u64,
+        n: u64,
+        offset: u64,
+    ) -> Result<(), LinkError> {
+        let vol = &self.volumes[opened.volume];
+        let cs = u64::from(opened.chunk_size_bytes);
+        let pool = runtime::buf_pool();
+        let run_len = (n * cs).min(vol.size_bytes - offset) as usize;
+        let mut buf = if run_len <= pool.buf_size() {
+            pool.take().await
+        } else {
+            AlignedBuf::new(run_len)
+        };
+        buf.set_len(run_len);
+        let t_read = std::time::Instant::now();
+        let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
+        let read_us = t_read.elapsed().as_micros();
+        if let Err(e) = res {
+            let msg = format!("reading {} at {offset}: {e}", vol.path.display());
+            tracing::warn!(%msg, "source read failed");
+            for c in chunk..chunk + n {
+                let f = Frame::ChunkError {
+                    handle,
+                    chunk: c,
+                    code: ErrorCode::Io,
+                    message: &msg,
+                };
+                self.send_frame(id, &f).await?;
+            }
+            return Ok(());
+        }
+        // All frames of the run in one gather send: headers from `head`, data straight from
+        // the read buffer.
+        let mut head = Vec::with_capacity(n as usize * 64);
+        let mut parts = Vec::with_capacity(2 * n as usize);
+        let mut data_bytes = 0u64;
+        for k in 0..n {
+            let start = (k * cs) as usize;
+            let end = (start + cs as usize).min(run_len);
+            let h0 = head.len();
+            if is_zero(&buf[start..end]) {
+                self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
+                Frame::ChunkZero {
+                    handle,
+                    chunk: chunk + k,
+                }
+                .encode(id, &mut head)?;
+                parts.push((false, h0..head.len()));
+            } else {
+                frame::encode_chunk_data_prefix(
+                    id,
+                    handle,
+                    chunk + k,
+                    &buf[start..end],
+                    &mut head,
+                )?;
+                parts.push((false, h0..head.len()));
+                parts.push((true, start..end));
+                data_bytes += (end - start) as u64;
+                self.chunks_sent.set(self.chunks_sent.get() + 1);
+            }
+        }
+        let gather = Gather::new(head, buf, parts);
+        let guard = self.send.lock().await;
+        let t_send = std::time::Instant::now();
+        let (res, gather) = self.stream.send_gather_all(gather).await;
+        drop(guard);
+        drop(gather);
+        tracing::trace!(
+            chunk,
+            n,
+            read_us,
+            send_us = t_send.elapsed().as_micros(),
+            "run timing"
+        );
+        res?;
+        self.bytes_sent.set(self.bytes_sent.get() + data_bytes);
         Ok(())
     }
 
