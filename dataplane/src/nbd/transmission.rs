@@ -17,7 +17,7 @@ use super::{NbdConnError, MAX_REQUEST_BYTES, REQUESTS_IN_FLIGHT_MAX};
 use crate::frontend::error::VolError;
 use crate::frontend::gate::Pass;
 use crate::frontend::volume::{local_gate, Volume};
-use crate::runtime::{self, AlignedBuf, Stream};
+use crate::runtime::{self, AlignedBuf, Gather, Stream};
 
 /// Largest read segment: one owner, one target read, one pipelined send.
 const SEGMENT_BYTES: u64 = 1 << 20;
@@ -343,6 +343,22 @@ impl Conn {
             return;
         }
         let mut guard = self.send.lock().await;
+        if bufs.len() == 1 {
+            // Header and data in one gather send.
+            let Some(b) = bufs.pop() else { return };
+            let n = b.len();
+            let head = nbd::encode_simple_reply(0, req.cookie).to_vec();
+            let hl = head.len();
+            let gather = Gather::new(head, b, vec![(false, 0..hl), (true, 0..n)]);
+            let (r, gather) = self.stream.send_gather_all(gather).await;
+            drop(guard);
+            drop(pass);
+            segment_pool::give(vec![gather.into_parts().1]);
+            if r.is_err() {
+                self.stream.shutdown();
+            }
+            return;
+        }
         let mut r = self.send_reply_head(&mut guard, 0, req.cookie).await;
         let mut sent = Vec::with_capacity(bufs.len());
         for b in bufs {
