@@ -278,3 +278,56 @@ fn backend_chunk_with_bad_crc_gives_eio_and_stores_nothing() {
 fn backend_truncated_frame_gives_eio_and_stores_nothing() {
     corrupt_backend_case(Fault::Truncated);
 }
+
+/// The admin socket is an entry point too: malformed JSON, wrong types, unknown commands and
+/// an oversized line get a clear `ok: false` answer (or a closed connection), and the
+/// frontend keeps running and serving.
+#[test]
+fn malformed_admin_requests_get_clear_errors() {
+    let dir = test_dir("bad-admin");
+    let source = dir.path().join("source.img");
+    make_source(&source, SIZE, 11);
+    let mut h = Harness::start(dir.path(), &source, Opts::default().rate("0"));
+    let admin = h.state_dir.join("admin.sock");
+    let ask = |line: &[u8]| -> String {
+        let mut s = UnixStream::connect(&admin).expect("connect admin socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // A peer that stops reading our oversized line may reset the connection: fine.
+        let _ = s.write_all(line);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    for (line, want) in [
+        (&b"this is not json\n"[..], "bad admin request"),
+        (&b"{\"cmd\": 42}\n"[..], "bad admin request"),
+        (
+            &b"{\"cmd\":\"set-rate\",\"background_rate_bytes_per_s\":\"fast\"}\n"[..],
+            "bad admin request",
+        ),
+        (
+            &b"{\"cmd\":\"self-destruct\"}\n"[..],
+            "unknown admin command",
+        ),
+        (&b"\xff\xfe\x00\n"[..], "bad admin request"),
+    ] {
+        let answer = ask(line);
+        let v: serde_json::Value = serde_json::from_str(answer.trim())
+            .unwrap_or_else(|e| panic!("answer to {line:?} is not JSON ({e}): {answer:?}"));
+        assert_eq!(v["ok"], false, "{line:?} -> {answer}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains(want),
+            "{line:?} -> {answer}"
+        );
+    }
+    // A client that connects and says nothing is timed out instead of holding the socket.
+    let _silent = UnixStream::connect(&admin).expect("connect admin socket");
+    // A line far past the bound is cut off, not buffered without limit.
+    let huge = vec![b'x'; 4 << 20];
+    let _ = ask(&huge);
+    // Still alive and answering.
+    let st = h.status().expect("status after bad admin requests");
+    assert_eq!(st["running"], true, "{st}");
+    assert_still_serves(&mut h, &source);
+}

@@ -89,23 +89,19 @@ pub fn spawn(listener: UnixListener, admin: Admin) -> std::io::Result<()> {
 impl Admin {
     /// Serves one admin connection; true when the frontend is finished.
     fn serve(&self, conn: UnixStream) -> bool {
-        let mut line = String::new();
+        // One connection at a time: a client that connects and says nothing must not hold
+        // the admin socket.
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let mut line = Vec::new();
         let mut reader = BufReader::new(&conn);
         // Bounded: an admin request is tiny.
-        if let Err(e) = std::io::Read::take(&mut reader, 64 * 1024).read_line(&mut line) {
+        if let Err(e) = std::io::Read::take(&mut reader, 64 * 1024).read_until(b'\n', &mut line) {
             tracing::warn!(error = %e, "admin read failed");
             return false;
         }
-        let (reply, finished) = match serde_json::from_str::<AdminRequest>(&line) {
+        let (reply, finished) = match serde_json::from_slice::<AdminRequest>(&line) {
             Ok(req) => self.handle(req),
-            Err(e) => (
-                AdminReply {
-                    ok: false,
-                    error: Some(format!("bad admin request: {e}")),
-                    ..Default::default()
-                },
-                false,
-            ),
+            Err(e) => (AdminReply::err(format!("bad admin request: {e}")), false),
         };
         let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
         text.push('\n');
