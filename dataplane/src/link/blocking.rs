@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wire_format::frame::{self, Frame};
 
-use super::{LinkError, CAPABILITIES};
+use super::{refusal, LinkError, CAPABILITIES};
 
 #[derive(Debug, Clone)]
 pub struct VolumeInfo {
@@ -55,16 +55,6 @@ impl Conn {
     }
 }
 
-fn unexpected(what: &str, f: &Frame<'_>) -> LinkError {
-    match f {
-        Frame::Error { code, message } => LinkError::Remote {
-            code: *code,
-            message: message.to_string(),
-        },
-        other => LinkError::Protocol(format!("expected {what}, got {:?}", other.kind())),
-    }
-}
-
 /// Connects, says hello, opens `name` with `chunk_size_bytes`, and collects its extents.
 pub fn open_volume(
     addr: SocketAddr,
@@ -89,7 +79,7 @@ pub fn open_volume(
     )?;
     c.recv(|f| match f {
         Frame::HelloAck { .. } => Ok(()),
-        other => Err(unexpected("HelloAck", &other)),
+        other => Err(refusal("HelloAck", &other)),
     })?;
     c.send(
         &Frame::Open {
@@ -105,7 +95,7 @@ pub fn open_volume(
             extent_frames,
             ..
         } => Ok((size, chunk_size, extent_frames)),
-        other => Err(unexpected("OpenOk", &other)),
+        other => Err(refusal("OpenOk", &other)),
     })?;
     let mut extents = Vec::new();
     for _ in 0..frames {
@@ -114,7 +104,7 @@ pub fn open_volume(
                 extents.extend(e);
                 Ok(())
             }
-            other => Err(unexpected("Extents", &other)),
+            other => Err(refusal("Extents", &other)),
         })?;
     }
     extents.sort_unstable();

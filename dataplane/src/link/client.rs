@@ -16,7 +16,7 @@ use futures::StreamExt;
 use wire_format::frame::{Class, ErrorCode, Frame};
 
 use super::reader::FrameReader;
-use super::{LinkError, CAPABILITIES};
+use super::{refusal, LinkError, CAPABILITIES};
 use crate::bufs::ChunkBufs;
 use crate::runtime::{self, AlignedBuf, ConnectOpts, Stream};
 
@@ -348,16 +348,6 @@ impl BackendLink {
             .request(|id, out| Ok(Frame::Sync { handle }.encode(id, out)?))
             .await?;
         Self::expect_ack(replies).await
-    }
-}
-
-fn refusal(what: &str, f: &Frame<'_>) -> LinkError {
-    match f {
-        Frame::Error { code, message } => LinkError::Remote {
-            code: *code,
-            message: message.to_string(),
-        },
-        other => LinkError::Protocol(format!("expected {what}, got {:?}", other.kind())),
     }
 }
 

@@ -28,3 +28,15 @@ pub enum LinkError {
     #[error("backend refused: {code:?}: {message}")]
     Remote { code: ErrorCode, message: String },
 }
+
+/// The error for a frame that is not the `what` we waited for: the backend's own refusal when
+/// it sent an Error frame, a protocol violation otherwise.
+pub(crate) fn refusal(what: &str, f: &wire_format::frame::Frame<'_>) -> LinkError {
+    match f {
+        wire_format::frame::Frame::Error { code, message } => LinkError::Remote {
+            code: *code,
+            message: message.to_string(),
+        },
+        other => LinkError::Protocol(format!("expected {what}, got {:?}", other.kind())),
+    }
+}
