@@ -153,7 +153,12 @@ impl BackendLink {
         let l = link.clone();
         runtime::spawn(async move {
             if let Err(e) = l.read_loop(&mut reader, &bufs).await {
-                tracing::warn!(error = %e, "backend link failed; pending fetches will be retried");
+                if l.is_dead() {
+                    // We closed it (shutdown, or a bad reply already logged by the caller).
+                    tracing::debug!(error = %e, "backend link closed");
+                } else {
+                    tracing::warn!(error = %e, "backend link failed; pending fetches will be retried");
+                }
             }
             l.kill();
         })
