@@ -472,7 +472,7 @@ pub fn block_on<F: Future>(cfg: RuntimeConfig, future: F) -> F::Output {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::RuntimeConfig;
     use super::*;
     use std::time::Duration;

@@ -366,14 +366,9 @@ pub(crate) mod tests {
             .expect("tempdir in /var/tmp")
     }
 
+    /// The one small test configuration, shared with the executor's tests.
     fn cfg() -> RuntimeConfig {
-        RuntimeConfig {
-            cores: 1,
-            pin: false,
-            ring_entries: 64,
-            buf_size: 64 << 10,
-            bufs_per_core: 4,
-        }
+        crate::runtime::executor::tests::small_cfg()
     }
 
     fn rw(direct: bool) -> OpenOptions {

@@ -314,14 +314,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The one small test configuration, shared with the executor's tests.
     fn cfg() -> RuntimeConfig {
-        RuntimeConfig {
-            cores: 1,
-            pin: false,
-            ring_entries: 64,
-            buf_size: 64 << 10,
-            bufs_per_core: 4,
-        }
+        crate::runtime::executor::tests::small_cfg()
     }
 
     fn localhost() -> SocketAddr {
