@@ -83,6 +83,8 @@ fn fake_backend_speaks_the_protocol_then_faults() {
         Frame::Fetch {
             handle: 1,
             class: Class::OnDemand,
+            no_refs: false,
+            no_zstd: false,
             chunks: vec![2],
         }
         .encode(2, &mut out)

@@ -68,6 +68,11 @@ struct BackendArgs {
     /// Cores (io_uring threads) to run; default: all.
     #[arg(long)]
     cores: Option<usize>,
+    /// Never read or send blocks that the source's ext4 file system marks free (its block
+    /// bitmaps are read at start-up; the target reads zeros there). The source must be a
+    /// cleanly unmounted ext2/3/4 file system; anything else is refused with the reason.
+    #[arg(long)]
+    fs_aware: bool,
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +112,34 @@ struct FrontendArgs {
     /// Background fetch requests in flight per core.
     #[arg(long, default_value_t = 8)]
     background_in_flight: usize,
+    /// Chunk compression on the wire: `auto` lets the backend send zstd when the link, not
+    /// the CPU, is the bottleneck (it measures both; on a fast link it sends raw), `off`
+    /// always sends raw.
+    #[arg(long, value_enum, default_value_t = Compress::Auto)]
+    compress: Compress,
+    /// The dedup index (SQLite), shared by every volume migrated on this machine: content
+    /// already here (from this or another volume) crosses the wire as a 32-byte digest.
+    /// Default: `ferry-dedup.sqlite` next to the state dir.
+    #[arg(long)]
+    dedup_index: Option<PathBuf>,
+    /// No dedup: every chunk is sent as data.
+    #[arg(long, conflicts_with = "dedup_index")]
+    no_dedup: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Compress {
+    Auto,
+    Off,
+}
+
+/// `ferry-dedup.sqlite` in the directory that holds the state dir, so the state dirs of the
+/// volumes of one machine (siblings) share it.
+fn default_dedup_index(state_dir: &std::path::Path) -> PathBuf {
+    let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    abs.parent()
+        .map(|p| p.join("ferry-dedup.sqlite"))
+        .unwrap_or_else(|| PathBuf::from("ferry-dedup.sqlite"))
 }
 
 #[derive(Args, Debug)]
@@ -256,6 +289,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
                     listen,
                     volumes: a.volumes,
                     cores: cores(a.cores),
+                    fs_aware: a.fs_aware,
                 },
                 |addr| {
                     println!("ferry backend listening on {addr}");
@@ -265,6 +299,15 @@ fn run(cmd: Command) -> Result<ExitCode> {
         }
         Command::Frontend(a) => {
             let backend = resolve(&a.backend).map_err(|e| anyhow!(e))?;
+            let dedup_index = if a.no_dedup {
+                None
+            } else {
+                Some(
+                    a.dedup_index
+                        .clone()
+                        .unwrap_or_else(|| default_dedup_index(&a.state_dir)),
+                )
+            };
             let cfg = FrontendConfig {
                 backend,
                 volume: a.volume.clone(),
@@ -279,6 +322,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
                     batch_chunks: a.batch_chunks.clamp(1, 1024),
                     in_flight: a.background_in_flight.max(1),
                 },
+                compress: a.compress == Compress::Auto,
+                dedup_index,
             };
             let name = a.volume;
             let outcome = frontend::run(cfg, move |spec| {

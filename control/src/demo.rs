@@ -1,7 +1,8 @@
 //! `ferry demo`: a whole migration on one machine, with a workload, checked at the end.
 //!
-//! It makes a sample volume (random data, zero runs and holes) unless `--source` is given,
-//! starts `ferry backend` and `ferry frontend` as child processes on loopback, runs a workload
+//! It makes a sample volume unless `--source` is given: by default an ext4 image populated
+//! like a VM disk (see [`crate::sample`]), or with `--sample random` random data, zero runs
+//! and holes. It starts `ferry backend` and `ferry frontend` as child processes on loopback, runs a workload
 //! that reads (and checks) and writes through the NBD export while the background migration
 //! runs, shows progress, cuts over once every chunk is on the target, and verifies that the
 //! target equals the source plus exactly the workload's writes.
@@ -17,12 +18,13 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::nbd_client::NbdClient;
+use crate::sample::make_ext4_sample;
 use crate::size::{human, parse_size};
 
 const BLOCK: u64 = 4096;
@@ -32,8 +34,14 @@ const VOLUME: &str = "demo";
 pub struct DemoArgs {
     /// Migrate this file or block device instead of a generated sample. It is only read
     /// (the demo cuts over, it never aborts).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sample")]
     source: Option<PathBuf>,
+    /// What the generated sample volume holds.
+    #[arg(long, value_enum, default_value_t = SampleKind::Ext4)]
+    sample: SampleKind,
+    /// Seed of the generated sample (same seed, same layout and content of generated files).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Size of the generated sample volume.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     size: u64,
@@ -46,6 +54,15 @@ pub struct DemoArgs {
     /// Keep the working directory afterwards.
     #[arg(long)]
     keep: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SampleKind {
+    /// An ext4 file system like a VM disk: real files (some duplicated), random and zero
+    /// files, deleted data in free blocks, about 35 % free.
+    Ext4,
+    /// Random data with runs of written zeros and holes, no file system.
+    Random,
 }
 
 struct Children(Vec<Child>);
@@ -246,12 +263,30 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
         None => {
             let p = dir.join("source.img");
             let size = args.size / BLOCK * BLOCK;
-            println!(
-                "making a {} sample volume at {} (random data, zero runs, holes)",
-                human(size),
-                p.display()
-            );
-            make_sample(&p, size)?;
+            match args.sample {
+                SampleKind::Ext4 => {
+                    println!(
+                        "making a {} ext4 sample volume at {} (seed {})",
+                        human(size),
+                        p.display(),
+                        args.seed
+                    );
+                    let t = Instant::now();
+                    let s = make_ext4_sample(&p, size, args.seed, &mut |m| println!("  {m}"))?;
+                    println!("sample: {s} ({:.1} s)", t.elapsed().as_secs_f64());
+                    for note in &s.notes {
+                        println!("  note: {note}");
+                    }
+                }
+                SampleKind::Random => {
+                    println!(
+                        "making a {} sample volume at {} (random data, zero runs, holes)",
+                        human(size),
+                        p.display()
+                    );
+                    make_sample(&p, size)?;
+                }
+            }
             p
         }
     };

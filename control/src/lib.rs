@@ -1,8 +1,9 @@
 //! Ferry's control side: the `ferry` command line, the admin-socket client, a small blocking
-//! NBD client, and the demo driver. Not in the data path.
+//! NBD client, the demo driver and its sample volumes. Not in the data path.
 
 pub mod admin_client;
 pub mod cli;
 pub mod demo;
 pub mod nbd_client;
+pub mod sample;
 pub mod size;

@@ -15,7 +15,9 @@
 mod accept;
 pub mod backend;
 pub mod bufs;
+pub mod dedup;
 pub mod frontend;
+pub mod fsaware;
 pub mod geometry;
 pub mod hydrate;
 pub mod link;

@@ -54,11 +54,29 @@ pub const MAX_AGENT_LEN: usize = 64;
 pub const MAX_NAME_LEN: usize = 255;
 /// Longest error message (`ChunkError`, `Error`), in bytes.
 pub const MAX_MESSAGE_LEN: usize = 1024;
+/// Bytes in a content digest (SHA-256 of a chunk's uncompressed content).
+pub const DIGEST_LEN: usize = 32;
+/// Most digests one `Have` frame may carry (32768 × 32 bytes = 1 MiB, fits MAX_PAYLOAD).
+pub const MAX_HAVE_DIGESTS: usize = 32768;
+
+/// Capability bit: chunk payloads may travel zstd-compressed (`ChunkZstd`).
+pub const CAP_ZSTD: u64 = 1 << 0;
+/// Capability bit: the frontend announces content it holds (`Have`) and the backend may
+/// answer a fetch with a digest instead of the data (`ChunkRef`).
+pub const CAP_REFS: u64 = 1 << 1;
+/// Bit 7 of a `Fetch`'s class byte: answer with data, never with a `ChunkRef` (the frontend
+/// could not use a reference it was given for these chunks).
+const FETCH_NO_REFS: u8 = 0x80;
+/// Bit 6 of a `Fetch`'s class byte: send these chunks uncompressed (the frontend, not the
+/// link, is the bottleneck right now, so compressing would only cost CPU).
+const FETCH_NO_ZSTD: u8 = 0x40;
 
 /// Header bytes covered by the crc (everything before the crc itself).
 const CRC_COVERED_LEN: usize = 20;
 /// `handle u32` + `chunk/offset u64` in front of bulk data.
 const BULK_PREFIX_LEN: usize = 12;
+/// `handle u32, chunk u64, raw_len u32, raw_crc u32` in front of compressed data.
+const ZSTD_PREFIX_LEN: usize = 20;
 
 /// Errors from decoding or encoding Ferry frames.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -143,11 +161,19 @@ pub enum Kind {
     Ack,
     /// 0x0E, failure answer to any request.
     Error,
+    /// 0x0F, a chunk's data, zstd-compressed (only with [`CAP_ZSTD`]).
+    ChunkZstd,
+    /// 0x10, frontend → backend: digests of content the frontend already holds (only with
+    /// [`CAP_REFS`]).
+    Have,
+    /// 0x11, a chunk answered by the digest of its content, which the frontend holds (only
+    /// with [`CAP_REFS`]).
+    ChunkRef,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Open,
@@ -162,6 +188,9 @@ impl Kind {
         Kind::Sync,
         Kind::Ack,
         Kind::Error,
+        Kind::ChunkZstd,
+        Kind::Have,
+        Kind::ChunkRef,
     ];
 
     /// The stable wire code.
@@ -181,6 +210,9 @@ impl Kind {
             Kind::Sync => 0x0C,
             Kind::Ack => 0x0D,
             Kind::Error => 0x0E,
+            Kind::ChunkZstd => 0x0F,
+            Kind::Have => 0x10,
+            Kind::ChunkRef => 0x11,
         }
     }
 
@@ -201,6 +233,9 @@ impl Kind {
             0x0C => Kind::Sync,
             0x0D => Kind::Ack,
             0x0E => Kind::Error,
+            0x0F => Kind::ChunkZstd,
+            0x10 => Kind::Have,
+            0x11 => Kind::ChunkRef,
             _ => return None,
         })
     }
@@ -420,12 +455,17 @@ pub enum Frame<'a> {
         /// `(offset, len)` in bytes.
         extents: Vec<(u64, u64)>,
     },
-    /// `handle u32, class u8, count u32 (1..=1024), chunk u64 × count`.
+    /// `handle u32, class u8, count u32 (1..=1024), chunk u64 × count`. The class byte's
+    /// low 6 bits are the [`Class`] code; bit 7 set means `no_refs`, bit 6 `no_zstd`.
     Fetch {
         /// Volume handle.
         handle: u32,
         /// Priority class.
         class: Class,
+        /// Answer with data, never `ChunkRef` (meaningful only with [`CAP_REFS`]).
+        no_refs: bool,
+        /// Answer uncompressed (meaningful only with [`CAP_ZSTD`]).
+        no_zstd: bool,
         /// Chunk indexes wanted.
         chunks: Vec<u64>,
     },
@@ -489,6 +529,40 @@ pub enum Frame<'a> {
         /// Human-readable detail.
         message: &'a str,
     },
+    /// `handle u32, chunk u64, raw_len u32 (1..=1 MiB), raw_crc u32, data` (rest of the
+    /// payload, 1..=1 MiB bytes of zstd frame). `raw_crc` is the crc32c of the *uncompressed*
+    /// content: the receiver checks it after decompression, so a compressor or decompressor
+    /// fault is caught like a wire fault.
+    ChunkZstd {
+        /// Volume handle.
+        handle: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// Length of the content once decompressed.
+        raw_len: u32,
+        /// crc32c of the decompressed content.
+        raw_crc: u32,
+        /// The zstd frame.
+        data: &'a [u8],
+    },
+    /// `handle u32, count u32 (1..=32768), digest [u8; 32] × count`, exactly filling the
+    /// payload.
+    Have {
+        /// Volume handle.
+        handle: u32,
+        /// `count × 32` bytes: SHA-256 digests of chunk contents the frontend holds.
+        digests: &'a [u8],
+    },
+    /// `handle u32, chunk u64, digest [u8; 32]`: the chunk's content has this SHA-256, which
+    /// the frontend said it holds (or which this connection already carried).
+    ChunkRef {
+        /// Volume handle.
+        handle: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// SHA-256 of the chunk's content.
+        digest: [u8; DIGEST_LEN],
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -509,6 +583,9 @@ impl<'a> Frame<'a> {
             Frame::Sync { .. } => Kind::Sync,
             Frame::Ack => Kind::Ack,
             Frame::Error { .. } => Kind::Error,
+            Frame::ChunkZstd { .. } => Kind::ChunkZstd,
+            Frame::Have { .. } => Kind::Have,
+            Frame::ChunkRef { .. } => Kind::ChunkRef,
         }
     }
 
@@ -559,6 +636,17 @@ impl<'a> Frame<'a> {
                 data,
             } => {
                 encode_write_back_prefix(id, handle, offset, data, out)?;
+                out.extend_from_slice(data);
+                return Ok(());
+            }
+            Frame::ChunkZstd {
+                handle,
+                chunk,
+                raw_len,
+                raw_crc,
+                data,
+            } => {
+                encode_chunk_zstd_prefix(id, handle, chunk, raw_len, raw_crc, data, out)?;
                 out.extend_from_slice(data);
                 return Ok(());
             }
@@ -649,11 +737,20 @@ impl<'a> Frame<'a> {
             Frame::Fetch {
                 handle,
                 class,
+                no_refs,
+                no_zstd,
                 chunks,
             } => {
                 check_fetch_count(chunks.len())?;
                 out.extend_from_slice(&handle.to_be_bytes());
-                out.push(class.code());
+                let mut b = class.code();
+                if *no_refs {
+                    b |= FETCH_NO_REFS;
+                }
+                if *no_zstd {
+                    b |= FETCH_NO_ZSTD;
+                }
+                out.push(b);
                 out.extend_from_slice(&(chunks.len() as u32).to_be_bytes());
                 for c in chunks {
                     out.extend_from_slice(&c.to_be_bytes());
@@ -690,7 +787,23 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&code.code().to_be_bytes());
                 put_str(out, message, MAX_MESSAGE_LEN, "error message too long")?;
             }
-            Frame::ChunkData { .. } | Frame::WriteBack { .. } => {
+            Frame::Have { handle, digests } => {
+                check_have(digests)?;
+                out.extend_from_slice(&handle.to_be_bytes());
+                // <= MAX_HAVE_DIGESTS, checked above.
+                out.extend_from_slice(&((digests.len() / DIGEST_LEN) as u32).to_be_bytes());
+                out.extend_from_slice(digests);
+            }
+            Frame::ChunkRef {
+                handle,
+                chunk,
+                digest,
+            } => {
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.extend_from_slice(&chunk.to_be_bytes());
+                out.extend_from_slice(digest);
+            }
+            Frame::ChunkData { .. } | Frame::WriteBack { .. } | Frame::ChunkZstd { .. } => {
                 // Handled by the prefix encoders in `encode`; kept here for exhaustiveness.
                 return Err(WireError::Invalid {
                     what: "bulk frame routed to the fixed-payload encoder",
@@ -728,6 +841,41 @@ pub fn encode_write_back_prefix(
         "write-back offset + len overflows",
     )?;
     encode_bulk_prefix(Kind::WriteBack, id, handle, offset, data, out)
+}
+
+/// Writes header + fixed fields of a `ChunkZstd` frame into `out`, with the crc already
+/// covering `data` (the compressed bytes); the caller then sends `out` followed by `data`.
+pub fn encode_chunk_zstd_prefix(
+    id: u64,
+    handle: u32,
+    chunk: u64,
+    raw_len: u32,
+    raw_crc: u32,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    check_data(data)?;
+    check_raw_len(raw_len)?;
+    let mut fixed = [0u8; ZSTD_PREFIX_LEN];
+    fixed[..4].copy_from_slice(&handle.to_be_bytes());
+    fixed[4..12].copy_from_slice(&chunk.to_be_bytes());
+    fixed[12..16].copy_from_slice(&raw_len.to_be_bytes());
+    fixed[16..20].copy_from_slice(&raw_crc.to_be_bytes());
+    // Cannot exceed MAX_PAYLOAD: data <= MAX_DATA_LEN was checked above.
+    let payload_len = (ZSTD_PREFIX_LEN + data.len()) as u32;
+    let kind = Kind::ChunkZstd;
+    let mut crc = crc32c::crc32c(&covered_prefix(kind, id, payload_len));
+    crc = crc32c::crc32c_append(crc, &fixed);
+    crc = crc32c::crc32c_append(crc, data);
+    let h = Header {
+        kind,
+        id,
+        payload_len,
+        crc,
+    };
+    out.extend_from_slice(&h.encode());
+    out.extend_from_slice(&fixed);
+    Ok(())
 }
 
 fn encode_bulk_prefix(
@@ -841,10 +989,14 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
         }
         Kind::Fetch => {
             let handle = get_u32(&mut r, "handle")?;
-            let class = get_u8(&mut r, "fetch class")?;
-            let class = Class::from_code(class).ok_or(WireError::Invalid {
-                what: "unknown fetch class",
-            })?;
+            let class_byte = get_u8(&mut r, "fetch class")?;
+            let no_refs = class_byte & FETCH_NO_REFS != 0;
+            let no_zstd = class_byte & FETCH_NO_ZSTD != 0;
+            let class = Class::from_code(class_byte & !(FETCH_NO_REFS | FETCH_NO_ZSTD)).ok_or(
+                WireError::Invalid {
+                    what: "unknown fetch class",
+                },
+            )?;
             let count = get_u32(&mut r, "fetch count")? as usize;
             check_fetch_count(count)?;
             exact_fit(&r, count * 8, kind, "fetch chunks")?;
@@ -855,6 +1007,8 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             Frame::Fetch {
                 handle,
                 class,
+                no_refs,
+                no_zstd,
                 chunks,
             }
         }
@@ -914,6 +1068,49 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             code: ErrorCode::from_code(get_u16(&mut r, "error code")?),
             message: get_str(&mut r, MAX_MESSAGE_LEN, "error message")?,
         },
+        Kind::ChunkZstd => {
+            let handle = get_u32(&mut r, "handle")?;
+            let chunk = get_u64(&mut r, "chunk")?;
+            let raw_len = get_u32(&mut r, "zstd raw_len")?;
+            check_raw_len(raw_len)?;
+            let raw_crc = get_u32(&mut r, "zstd raw_crc")?;
+            let data = r.rest();
+            check_data(data)?;
+            Frame::ChunkZstd {
+                handle,
+                chunk,
+                raw_len,
+                raw_crc,
+                data,
+            }
+        }
+        Kind::Have => {
+            let handle = get_u32(&mut r, "handle")?;
+            let count = get_u32(&mut r, "have count")? as usize;
+            if !(1..=MAX_HAVE_DIGESTS).contains(&count) {
+                return Err(WireError::Invalid {
+                    what: "have digest count not in 1..=MAX_HAVE_DIGESTS",
+                });
+            }
+            // count <= 32768, so count * 32 cannot overflow.
+            exact_fit(&r, count * DIGEST_LEN, kind, "have digests")?;
+            let digests = r.rest();
+            Frame::Have { handle, digests }
+        }
+        Kind::ChunkRef => {
+            let handle = get_u32(&mut r, "handle")?;
+            let chunk = get_u64(&mut r, "chunk")?;
+            let bytes = r.bytes(DIGEST_LEN).ok_or(WireError::Truncated {
+                what: "chunk-ref digest",
+            })?;
+            let mut digest = [0u8; DIGEST_LEN];
+            digest.copy_from_slice(bytes);
+            Frame::ChunkRef {
+                handle,
+                chunk,
+                digest,
+            }
+        }
     };
     if !r.is_empty() {
         return Err(WireError::TrailingBytes { kind });
@@ -1004,6 +1201,26 @@ fn check_data(data: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_raw_len(raw_len: u32) -> Result<(), WireError> {
+    if (1..=MAX_DATA_LEN as u32).contains(&raw_len) {
+        Ok(())
+    } else {
+        Err(WireError::Invalid {
+            what: "zstd raw_len not in 1..=MAX_DATA_LEN",
+        })
+    }
+}
+
+fn check_have(digests: &[u8]) -> Result<(), WireError> {
+    let count = digests.len() / DIGEST_LEN;
+    if !digests.len().is_multiple_of(DIGEST_LEN) || !(1..=MAX_HAVE_DIGESTS).contains(&count) {
+        return Err(WireError::Invalid {
+            what: "have digests not a whole number of 1..=MAX_HAVE_DIGESTS digests",
+        });
+    }
+    Ok(())
+}
+
 fn check_range(offset: u64, len: u64, what: &'static str) -> Result<(), WireError> {
     match offset.checked_add(len) {
         Some(_) => Ok(()),
@@ -1022,7 +1239,7 @@ mod tests {
             assert_eq!(Kind::from_code(k.code()), Some(*k));
         }
         assert_eq!(Kind::from_code(0), None);
-        assert_eq!(Kind::from_code(0x0F), None);
+        assert_eq!(Kind::from_code(0x12), None);
         assert_eq!(Class::from_code(0), None);
         assert_eq!(Class::from_code(3), None);
         for c in 0..=20u16 {

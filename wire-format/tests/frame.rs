@@ -60,13 +60,44 @@ fn frame(max_data: usize) -> impl Strategy<Value = Frame<'static>> {
         (
             any::<u32>(),
             class(),
+            any::<bool>(),
+            any::<bool>(),
             proptest::collection::vec(any::<u64>(), 1..64)
         )
-            .prop_map(|(handle, class, chunks)| Frame::Fetch {
+            .prop_map(|(handle, class, no_refs, no_zstd, chunks)| Frame::Fetch {
                 handle,
                 class,
+                no_refs,
+                no_zstd,
                 chunks
             }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            1..=(1u32 << 20),
+            any::<u32>(),
+            data()
+        )
+            .prop_map(|(handle, chunk, raw_len, raw_crc, data)| Frame::ChunkZstd {
+                handle,
+                chunk,
+                raw_len,
+                raw_crc,
+                data,
+            }),
+        (any::<u32>(), proptest::collection::vec(any::<u8>(), 1..8)).prop_map(|(handle, seeds)| {
+            Frame::Have {
+                handle,
+                digests: leak_bytes(seeds.iter().flat_map(|&b| [b; 32]).collect()),
+            }
+        }),
+        (any::<u32>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(handle, chunk, digest)| {
+            Frame::ChunkRef {
+                handle,
+                chunk,
+                digest,
+            }
+        }),
         (any::<u32>(), any::<u64>(), data()).prop_map(|(handle, chunk, data)| {
             Frame::ChunkData {
                 handle,
@@ -245,6 +276,8 @@ fn max_sizes_round_trip() {
         Frame::Fetch {
             handle: 1,
             class: Class::Background,
+            no_refs: false,
+            no_zstd: false,
             chunks,
         },
         Frame::Hello {
@@ -331,12 +364,38 @@ fn encoder_refuses_out_of_bounds() {
         Frame::Fetch {
             handle: 0,
             class: Class::OnDemand,
+            no_refs: false,
+            no_zstd: false,
             chunks: vec![],
         },
         Frame::Fetch {
             handle: 0,
             class: Class::OnDemand,
+            no_refs: false,
+            no_zstd: false,
             chunks: vec![0; MAX_FETCH_CHUNKS + 1],
+        },
+        Frame::Have {
+            handle: 0,
+            digests: &[],
+        },
+        Frame::Have {
+            handle: 0,
+            digests: &[1; 33],
+        },
+        Frame::ChunkZstd {
+            handle: 0,
+            chunk: 0,
+            raw_len: 0,
+            raw_crc: 0,
+            data: &[1],
+        },
+        Frame::ChunkZstd {
+            handle: 0,
+            chunk: 0,
+            raw_len: (1 << 20) + 1,
+            raw_crc: 0,
+            data: &[1],
         },
         Frame::ChunkData {
             handle: 0,
@@ -449,8 +508,8 @@ fn header_field_checks() {
     b[7] = 1;
     assert_eq!(hdr(&b), Err(WireError::BadFlags(1)));
     let mut b = good.clone();
-    b[5] = 0x0F;
-    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x0F)));
+    b[5] = 0x12;
+    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x12)));
     let mut b = good.clone();
     b[16..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
     // Refused from the header alone: the caller never buffers the announced length.

@@ -63,6 +63,8 @@ fn frame_seeds() -> Seeds {
             Frame::Fetch {
                 handle: 1,
                 class: Class::OnDemand,
+                no_refs: false,
+                no_zstd: false,
                 chunks: vec![0, 7, 9],
             },
         ),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use wire_format::frame::{self, Class, ErrorCode, Frame, MAX_EXTENTS_PER_FRAME, MAX_FETCH_CHUNKS};
 
+use super::encode::{Encoded, Encoder};
 use super::volume::SourceVolume;
 use crate::link::reader::FrameReader;
 use crate::link::LinkError;
@@ -36,6 +37,10 @@ struct Conn {
     chunks_sent: Cell<u64>,
     zero_chunks_sent: Cell<u64>,
     bytes_sent: Cell<u64>,
+    /// Chosen at Hello from the capabilities both sides have.
+    encoder: RefCell<Encoder>,
+    /// Runs encoded and waiting to be sent: one on the wire, one being prepared.
+    encode_permits: async_lock::Semaphore,
 }
 
 pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
@@ -48,18 +53,28 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
         chunks_sent: Cell::new(0),
         zero_chunks_sent: Cell::new(0),
         bytes_sent: Cell::new(0),
+        encoder: RefCell::new(Encoder::new(false, false)),
+        encode_permits: async_lock::Semaphore::new(2),
     });
     let mut reader = FrameReader::new(stream.clone());
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(FETCHES_IN_FLIGHT_MAX));
     let result = conn.read_loop(&mut reader, &permits).await;
     match result {
-        Ok(()) => tracing::info!(
-            core = runtime::current_core(),
-            chunks = conn.chunks_sent.get(),
-            zero_chunks = conn.zero_chunks_sent.get(),
-            bytes = conn.bytes_sent.get(),
-            "frontend disconnected"
-        ),
+        Ok(()) => {
+            let st = conn.encoder.borrow().stats();
+            tracing::info!(
+                core = runtime::current_core(),
+                chunks = conn.chunks_sent.get(),
+                zero_chunks = conn.zero_chunks_sent.get(),
+                raw_chunks = st.raw_chunks,
+                zstd_chunks = st.zstd_chunks,
+                ref_chunks = st.ref_chunks,
+                logical_bytes = st.logical_bytes,
+                wire_bytes = st.wire_bytes,
+                zstd_level = conn.encoder.borrow().level(),
+                "frontend disconnected"
+            )
+        }
         Err(e) => {
             tracing::warn!(error = %e, chunks = conn.chunks_sent.get(), "connection ended with an error");
             let msg = e.to_string();
@@ -91,6 +106,7 @@ impl Conn {
                 Frame::Hello {
                     version_min,
                     version_max,
+                    capabilities,
                     ..
                 } => {
                     if !(version_min..=version_max).contains(&frame::VERSION) {
@@ -105,26 +121,43 @@ impl Conn {
                         .await?;
                         return Err(LinkError::Protocol(msg));
                     }
+                    let caps = capabilities & crate::link::CAPABILITIES;
+                    *self.encoder.borrow_mut() =
+                        Encoder::new(caps & frame::CAP_ZSTD != 0, caps & frame::CAP_REFS != 0);
                     self.send_frame(
                         id,
                         &Frame::HelloAck {
                             version: frame::VERSION,
-                            capabilities: crate::link::CAPABILITIES,
+                            capabilities: caps,
                         },
                     )
                     .await?;
                 }
                 Frame::Open { chunk_size, name } => self.open(id, name, chunk_size).await?,
+                Frame::Have { handle, digests } => {
+                    self.lookup(handle)?;
+                    if !self.encoder.borrow().refs_enabled() {
+                        return Err(LinkError::Protocol(
+                            "Have without the refs capability".into(),
+                        ));
+                    }
+                    self.encoder.borrow_mut().learn(digests);
+                }
                 Frame::Fetch {
                     handle,
                     class,
+                    no_refs,
+                    no_zstd,
                     chunks,
                 } => {
                     let opened = self.lookup(handle)?;
                     let permit = permits.acquire_arc().await;
                     let conn = self.clone();
                     runtime::spawn(async move {
-                        if let Err(e) = conn.fetch(id, handle, &opened, class, &chunks).await {
+                        if let Err(e) = conn
+                            .fetch(id, handle, &opened, class, !no_refs, !no_zstd, &chunks)
+                            .await
+                        {
                             tracing::warn!(error = %e, "fetch reply failed; closing connection");
                             conn.stream.shutdown();
                         }
@@ -278,12 +311,15 @@ impl Conn {
     /// are read concurrently so the device sees a deep queue. Holes and all-zero chunks go out
     /// as `ChunkZero` without data. Replies may come in any order (the frontend matches them
     /// by chunk).
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         id: u64,
         handle: u32,
         opened: &Opened,
         _class: Class,
+        allow_refs: bool,
+        allow_zstd: bool,
         chunks: &[u64],
     ) -> Result<(), LinkError> {
         debug_assert!(chunks.len() <= MAX_FETCH_CHUNKS);
@@ -325,7 +361,9 @@ impl Conn {
             i += n as usize;
         }
         let results: Vec<Result<(), LinkError>> = futures::stream::iter(runs)
-            .map(|(chunk, n, offset)| self.serve_run(id, handle, opened, chunk, n, offset))
+            .map(|(chunk, n, offset)| {
+                self.serve_run(id, handle, opened, chunk, n, offset, allow_refs, allow_zstd)
+            })
             .buffer_unordered(RUNS_IN_FLIGHT_PER_REQUEST)
             .collect()
             .await;
@@ -333,6 +371,7 @@ impl Conn {
     }
 
     /// Reads `n` chunks from `offset` and sends them in one gather send.
+    #[allow(clippy::too_many_arguments)]
     async fn serve_run(
         &self,
         id: u64,
@@ -341,6 +380,8 @@ impl Conn {
         chunk: u64,
         n: u64,
         offset: u64,
+        allow_refs: bool,
+        allow_zstd: bool,
     ) -> Result<(), LinkError> {
         let vol = &self.volumes[opened.volume];
         let cs = u64::from(opened.chunk_size_bytes);
@@ -369,41 +410,71 @@ impl Conn {
             }
             return Ok(());
         }
-        // All frames of the run in one gather send: headers from `head`, data straight from
-        // the read buffer.
+        // Encode only shortly before the send: runs read ahead wait here, so the encoder's
+        // choice (compress or not, how hard) follows what the link is doing now.
+        let _ready = self.encode_permits.acquire().await;
+        // All frames of the run in one gather send: headers (and compressed data) from
+        // `head`, raw data straight from the read buffer.
         let mut head = Vec::with_capacity(n as usize * 64);
         let mut parts = Vec::with_capacity(2 * n as usize);
         let mut data_bytes = 0u64;
-        for k in 0..n {
-            let start = (k * cs) as usize;
-            let end = (start + cs as usize).min(run_len);
-            let h0 = head.len();
-            if is_zero(&buf[start..end]) {
-                self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
-                Frame::ChunkZero {
-                    handle,
-                    chunk: chunk + k,
+        {
+            let mut encoder = self.encoder.borrow_mut();
+            for k in 0..n {
+                let start = (k * cs) as usize;
+                let end = (start + cs as usize).min(run_len);
+                let h0 = head.len();
+                if is_zero(&buf[start..end]) {
+                    self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
+                    Frame::ChunkZero {
+                        handle,
+                        chunk: chunk + k,
+                    }
+                    .encode(id, &mut head)?;
+                    parts.push((false, h0..head.len()));
+                } else {
+                    let raw = &buf[start..end];
+                    match encoder.encode(raw, allow_refs, allow_zstd) {
+                        Encoded::Raw => {
+                            frame::encode_chunk_data_prefix(id, handle, chunk + k, raw, &mut head)?;
+                            parts.push((false, h0..head.len()));
+                            parts.push((true, start..end));
+                            data_bytes += (end - start) as u64;
+                        }
+                        Encoded::Zstd { data, raw_crc } => {
+                            // Within MAX_DATA_LEN: a chunk is at most 1 MiB and raw_len is its size.
+                            frame::encode_chunk_zstd_prefix(
+                                id,
+                                handle,
+                                chunk + k,
+                                raw.len() as u32,
+                                raw_crc,
+                                data,
+                                &mut head,
+                            )?;
+                            head.extend_from_slice(data);
+                            parts.push((false, h0..head.len()));
+                            data_bytes += data.len() as u64;
+                        }
+                        Encoded::Ref(digest) => {
+                            Frame::ChunkRef {
+                                handle,
+                                chunk: chunk + k,
+                                digest,
+                            }
+                            .encode(id, &mut head)?;
+                            parts.push((false, h0..head.len()));
+                        }
+                    }
+                    self.chunks_sent.set(self.chunks_sent.get() + 1);
                 }
-                .encode(id, &mut head)?;
-                parts.push((false, h0..head.len()));
-            } else {
-                frame::encode_chunk_data_prefix(
-                    id,
-                    handle,
-                    chunk + k,
-                    &buf[start..end],
-                    &mut head,
-                )?;
-                parts.push((false, h0..head.len()));
-                parts.push((true, start..end));
-                data_bytes += (end - start) as u64;
-                self.chunks_sent.set(self.chunks_sent.get() + 1);
             }
         }
         let gather = Gather::new(head, buf, parts);
         let guard = self.send.lock().await;
         let t_send = std::time::Instant::now();
         let (res, gather) = self.stream.send_gather_all(gather).await;
+        self.encoder.borrow_mut().sent(t_send.elapsed());
         drop(guard);
         drop(gather);
         tracing::trace!(

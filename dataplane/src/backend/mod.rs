@@ -8,6 +8,7 @@
 //! write-back frames (abort), which are made durable by a `Sync` frame before it is acked.
 
 mod conn;
+mod encode;
 pub mod volume;
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ pub struct BackendConfig {
     pub listen: SocketAddr,
     pub volumes: Vec<(String, PathBuf)>,
     pub cores: usize,
+    /// Skip blocks the source's ext4 file system marks free (see `SourceVolume::skip_free_blocks`).
+    pub fs_aware: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +58,11 @@ pub fn run(
         if volumes.iter().any(|v: &SourceVolume| &v.name == name) {
             return Err(BackendError::DuplicateName(name.clone()));
         }
-        let v = SourceVolume::open(name, path)?;
+        let mut v = SourceVolume::open(name, path)?;
+        if cfg.fs_aware {
+            let skipped = v.skip_free_blocks()?;
+            tracing::info!(volume = %v.name, skipped_bytes = skipped, "--fs-aware: free ext4 blocks will not be read or sent");
+        }
         tracing::info!(volume = %v.name, path = %v.path.display(), size = v.size_bytes,
             extents = v.extents.len(), writable = v.writable, "serving volume");
         volumes.push(v);

@@ -39,6 +39,12 @@ pub enum VolumeError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("volume {name}: --fs-aware: {source}")]
+    FsAware {
+        name: String,
+        path: PathBuf,
+        source: crate::fsaware::FsAwareError,
+    },
     #[error(
         "volume {name}: {path} is {size} bytes; a volume must be a non-zero multiple of 512 bytes"
     )]
@@ -109,6 +115,25 @@ impl SourceVolume {
         })
     }
 
+    /// `--fs-aware`: reads the source's ext4 block bitmaps and treats free blocks like holes,
+    /// so they are never read or sent (the target reads zeros there, which a file system
+    /// never looks at). Refuses, with the reason, a source it does not fully understand.
+    /// Returns the bytes newly skipped.
+    pub fn skip_free_blocks(&mut self) -> Result<u64, VolumeError> {
+        let err = |source| VolumeError::FsAware {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            source,
+        };
+        let file = File::open(&self.path).map_err(|e| err(e.into()))?;
+        let mut src = crate::fsaware::FileSource::with_size(file, self.size_bytes);
+        let free = crate::fsaware::ext4_free_space(&mut src).map_err(err)?;
+        let before: u64 = self.extents.iter().map(|e| e.1).sum();
+        self.extents = subtract(&self.extents, &free.free);
+        let after: u64 = self.extents.iter().map(|e| e.1).sum();
+        Ok(before - after)
+    }
+
     /// Whether `[offset, offset + len)` lies entirely in a hole.
     pub fn is_hole(&self, offset: u64, len: u64) -> bool {
         let end = offset + len;
@@ -119,6 +144,36 @@ impl SourceVolume {
             None => true,
         }
     }
+}
+
+/// `extents` minus `free`; both sorted and non-overlapping.
+fn subtract(extents: &[(u64, u64)], free: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(extents.len());
+    let mut j = 0;
+    for &(off, len) in extents {
+        let end = off + len;
+        let mut pos = off;
+        while j < free.len() && free[j].0 + free[j].1 <= pos {
+            j += 1;
+        }
+        let mut k = j;
+        while pos < end {
+            match free.get(k) {
+                Some(&(fo, fl)) if fo < end => {
+                    if fo > pos {
+                        out.push((pos, fo - pos));
+                    }
+                    pos = pos.max(fo + fl);
+                    k += 1;
+                }
+                _ => {
+                    out.push((pos, end - pos));
+                    pos = end;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Walks the file with SEEK_DATA/SEEK_HOLE. Filesystems without support report one extent.
@@ -153,6 +208,21 @@ fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ranges_are_cut_out_of_extents() {
+        let ext = [(0, 100), (200, 100), (400, 50)];
+        assert_eq!(subtract(&ext, &[]), ext.to_vec());
+        assert_eq!(
+            subtract(&ext, &[(10, 20), (90, 130), (290, 200)]),
+            vec![(0, 10), (30, 60), (220, 70)]
+        );
+        assert_eq!(subtract(&ext, &[(0, 1000)]), vec![]);
+        assert_eq!(
+            subtract(&[(0, 100)], &[(50, 10), (60, 10)]),
+            vec![(0, 50), (70, 30)]
+        );
+    }
 
     #[test]
     fn holes_are_found_in_a_sparse_file() {

@@ -15,6 +15,12 @@ pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
         fetched_bytes_on_demand: s.fetched_bytes_on_demand.get(),
         fetched_bytes_background: s.fetched_bytes_background.get(),
         fetch_failures: s.fetch_failures.get(),
+        wire_bytes: shard.link_counters.wire_bytes.get(),
+        zstd_chunks: shard.link_counters.zstd_chunks.get(),
+        zstd_raw_bytes: shard.link_counters.zstd_raw_bytes.get(),
+        deduped_chunks: s.deduped_chunks.get(),
+        deduped_bytes: s.deduped_bytes.get(),
+        ref_misses: s.ref_misses.get(),
     }
 }
 

@@ -28,6 +28,8 @@ pub const FETCH_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 enum Fill {
     Data(AlignedBuf),
     Zero,
+    /// Content this machine holds, named by digest (dedup).
+    Ref([u8; wire_format::frame::DIGEST_LEN]),
 }
 
 impl Shard {
@@ -119,7 +121,7 @@ impl Shard {
                 }
             };
             let want: Vec<u64> = remaining.iter().copied().collect();
-            let mut replies = match link.fetch(class, &want).await {
+            let mut replies = match link.fetch(class, false, &want).await {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = e.to_string();
@@ -146,6 +148,16 @@ impl Shard {
                 let (chunk, fill) = match reply {
                     Reply::Data { chunk, buf } => (chunk, Fill::Data(buf)),
                     Reply::Zero { chunk } => (chunk, Fill::Zero),
+                    Reply::Ref { chunk, digest } if self.dedup.is_some() => {
+                        (chunk, Fill::Ref(digest))
+                    }
+                    Reply::Ref { chunk, .. } => {
+                        last_error = format!(
+                            "backend answered chunk {chunk} by reference, which was not offered"
+                        );
+                        link.kill();
+                        break;
+                    }
                     Reply::ChunkError {
                         chunk,
                         code,
@@ -246,9 +258,100 @@ impl Shard {
         self.release(chunk);
     }
 
+    /// Turns a reference into the content it names: read from where this machine holds it
+    /// (checked against the digest), else fetched again as data.
+    async fn resolve(
+        self: &Rc<Self>,
+        chunk: u64,
+        fill: Fill,
+        class: Class,
+    ) -> Result<Fill, String> {
+        let Fill::Ref(digest) = fill else {
+            return Ok(fill);
+        };
+        let len = self.geo.chunk_len(chunk);
+        if let Some(d) = &self.dedup {
+            if let Some(buf) = d.resolve(&digest, len, &self.bufs).await {
+                self.stats
+                    .deduped_chunks
+                    .set(self.stats.deduped_chunks.get() + 1);
+                self.stats
+                    .deduped_bytes
+                    .set(self.stats.deduped_bytes.get() + u64::from(len));
+                return Ok(Fill::Data(buf));
+            }
+        }
+        self.stats.ref_misses.set(self.stats.ref_misses.get() + 1);
+        self.fetch_as_data(chunk, class).await
+    }
+
+    /// One chunk asked for again with `no_refs`, on the same retry terms as any fetch.
+    async fn fetch_as_data(self: &Rc<Self>, chunk: u64, class: Class) -> Result<Fill, String> {
+        let mut last_error = String::new();
+        for attempt in 0..FETCH_ATTEMPTS_MAX {
+            if attempt > 0 {
+                runtime::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+            }
+            let slot = match class {
+                Class::OnDemand => &self.on_demand,
+                Class::Background => &self.background,
+            };
+            let link = match slot.get().await {
+                Ok(l) => l,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            let mut replies = match link.fetch(class, true, &[chunk]).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            match runtime::timeout(FETCH_REPLY_TIMEOUT, replies.next()).await {
+                Ok(Some(Reply::Data { chunk: c, buf }))
+                    if c == chunk && buf.len() == self.geo.chunk_len(chunk) as usize =>
+                {
+                    return Ok(Fill::Data(buf))
+                }
+                Ok(Some(Reply::Zero { chunk: c })) if c == chunk => return Ok(Fill::Zero),
+                Ok(Some(Reply::ChunkError { code, message, .. })) => {
+                    return Err(format!("backend: {code:?}: {message}"))
+                }
+                Ok(Some(Reply::Data { buf, .. })) => {
+                    self.bufs.give(buf);
+                    last_error = format!("bad reply to a data fetch of chunk {chunk}");
+                    link.kill();
+                }
+                Ok(Some(_)) => {
+                    last_error = format!("bad reply to a data fetch of chunk {chunk}");
+                    link.kill();
+                }
+                Ok(None) => last_error = "backend link broke".into(),
+                Err(_) => {
+                    last_error = format!("no reply from the backend for {FETCH_REPLY_TIMEOUT:?}");
+                    link.kill();
+                }
+            }
+        }
+        Err(format!(
+            "{last_error} (after {FETCH_ATTEMPTS_MAX} attempts)"
+        ))
+    }
+
     /// Stores a fetched chunk in the target unless the workload changed it meanwhile.
     async fn fill(self: &Rc<Self>, chunk: u64, fill: Fill, class: Class) {
         let slot = self.slot(chunk);
+        // Resolving may wait (another fill, a read, a refetch): check staleness after it.
+        let fill = match self.resolve(chunk, fill, class).await {
+            Ok(f) => f,
+            Err(reason) => {
+                self.fetch_failed(chunk, reason);
+                return;
+            }
+        };
         let stale = slot.superseded.get() || self.state(chunk) != ChunkState::Untouched;
         let offset = self.geo.chunk_offset(chunk);
         let len = u64::from(self.geo.chunk_len(chunk));
@@ -256,11 +359,20 @@ impl Shard {
         match fill {
             Fill::Data(buf) if stale => self.bufs.give(buf),
             Fill::Zero if stale => {}
+            Fill::Ref(_) => error = Some("unresolved reference".to_string()),
             Fill::Data(buf) => {
+                let digest = self.dedup.as_ref().map(|d| {
+                    let digest = crate::dedup::digest(&buf);
+                    d.begin(digest);
+                    digest
+                });
                 slot.filling.set(true);
                 let (res, buf) = self.target.write_all_at(buf, offset).await;
                 slot.filling.set(false);
                 self.bufs.give(buf);
+                if let (Some(d), Some(digest)) = (&self.dedup, digest) {
+                    d.end(digest, res.is_ok().then_some((offset, len as u32)));
+                }
                 match res {
                     Ok(()) => {
                         self.map.borrow_mut().set_live(chunk, ChunkState::Present);

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod coordinator;
+mod dedup;
 pub mod error;
 mod fetch;
 pub mod gate;
@@ -71,6 +72,10 @@ pub struct FrontendConfig {
     /// TOS byte of the background connection (DSCP << 2), e.g. 0x20 for CS1 "scavenger".
     pub background_tos: Option<u8>,
     pub hydrate: HydrateConfig,
+    /// Offer zstd-compressed chunks (the backend still sends raw when that is faster).
+    pub compress: bool,
+    /// The persistent dedup index shared by the volumes of this machine; `None`: no dedup.
+    pub dedup_index: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,8 @@ pub enum FrontendError {
     },
     #[error("the session in {dir} is already {phase}; nothing to serve")]
     Finished { dir: PathBuf, phase: &'static str },
+    #[error(transparent)]
+    Dedup(#[from] crate::dedup::StoreError),
 }
 
 fn state_err(dir: &Path, message: impl std::fmt::Display) -> FrontendError {
@@ -161,6 +168,13 @@ pub fn run(
     }
     drop(whole);
     let min_block = target_alignment(&session.target, geo.volume_size_bytes)?;
+    let dedup = match &cfg.dedup_index {
+        Some(db) => Some(Arc::new(crate::dedup::DedupIndex::open(
+            db,
+            &session.target,
+        )?)),
+        None => None,
+    };
 
     let admin_path = state::admin_path(&dir);
     let _ = fs::remove_file(&admin_path);
@@ -189,6 +203,7 @@ pub fn run(
         session: session.clone(),
         body,
         resident,
+        dedup: dedup.clone(),
     });
     let set = CoreSet::start(rt, move |core| {
         let ready = if core == 0 {
@@ -218,7 +233,11 @@ pub fn run(
         },
     )
     .map_err(|e| state_err(&dir, format!("admin thread: {e}")))?;
-    set.join()?;
+    let joined = set.join();
+    if let Some(d) = &dedup {
+        d.close();
+    }
+    joined?;
     let _ = fs::remove_file(&admin_path);
     if let NbdListen::Unix(p) = &cfg.nbd {
         let _ = fs::remove_file(p);
@@ -377,6 +396,7 @@ struct CoreSetup {
     /// The map body as loaded at start-up.
     body: Vec<u8>,
     resident: Arc<ResidentMap>,
+    dedup: Option<Arc<crate::dedup::DedupIndex>>,
 }
 
 async fn start_core(
@@ -391,6 +411,7 @@ async fn start_core(
         session,
         body,
         resident,
+        dedup,
     } = setup;
     let (geo, min_block) = (*geo, *min_block);
     let direct = OpenOptions {
@@ -410,12 +431,25 @@ async fn start_core(
     };
     let map_file = File::open(&map_path, &buffered).map_err(|e| state_err(&cfg.state_dir, e))?;
     let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 64));
+    let mut capabilities = 0;
+    if cfg.compress {
+        capabilities |= wire_format::frame::CAP_ZSTD;
+    }
+    if dedup.is_some() {
+        capabilities |= wire_format::frame::CAP_REFS;
+    }
     let link = |tos| LinkConfig {
         addr: cfg.backend,
         volume: cfg.volume.clone(),
         chunk_size_bytes: geo.chunk_size_bytes,
         tos,
+        capabilities,
+        dedup: dedup.clone(),
     };
+    let counters = Rc::new(crate::link::client::LinkCounters::default());
+    let core_dedup = dedup
+        .as_ref()
+        .map(|d| dedup::CoreDedup::open(d.clone(), &target));
     let shard = Rc::new(shard::Shard {
         id: core,
         geo,
@@ -426,8 +460,8 @@ async fn start_core(
         resident: resident.clone(),
         chunks: Default::default(),
         sync: Default::default(),
-        on_demand: LinkSlot::new(link(None), bufs.clone()),
-        background: LinkSlot::new(link(cfg.background_tos), bufs.clone()),
+        on_demand: LinkSlot::new(link(None), bufs.clone(), counters.clone()),
+        background: LinkSlot::new(link(cfg.background_tos), bufs.clone(), counters.clone()),
         bufs,
         fill_permits: Arc::new(async_lock::Semaphore::new(FILLS_IN_FLIGHT)),
         stats: Default::default(),
@@ -436,6 +470,8 @@ async fn start_core(
         hydration_held: Default::default(),
         hydration_changed: Notify::default(),
         background_rate: std::cell::Cell::new(cfg.background_rate),
+        link_counters: counters,
+        dedup: core_dedup,
     });
     volume::install_shard(shard.clone());
     let vol = Rc::new(volume::Volume {

@@ -54,6 +54,11 @@ pub struct ShardStats {
     pub zero_replies: Cell<u64>,
     pub fetch_failures: Cell<u64>,
     pub written_back_chunks: Cell<u64>,
+    /// Chunks filled from content this machine already held, and their bytes.
+    pub deduped_chunks: Cell<u64>,
+    pub deduped_bytes: Cell<u64>,
+    /// References that could not be used (content gone or changed) and were fetched as data.
+    pub ref_misses: Cell<u64>,
 }
 
 pub struct Shard {
@@ -83,6 +88,10 @@ pub struct Shard {
     pub hydration_changed: Notify,
     /// Background rate in bytes/s: `None` unlimited, `Some(0)` paused.
     pub background_rate: Cell<Option<u64>>,
+    /// What came over this shard's links (wire bytes, compressed and referenced chunks).
+    pub link_counters: Rc<crate::link::client::LinkCounters>,
+    /// Content dedup, when the frontend keeps an index.
+    pub dedup: Option<super::dedup::CoreDedup>,
 }
 
 impl Shard {

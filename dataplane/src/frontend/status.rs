@@ -27,6 +27,22 @@ pub struct Status {
     pub fetched_bytes_on_demand: u64,
     pub fetched_bytes_background: u64,
     pub fetch_failures: u64,
+    /// Chunk payload bytes that crossed the wire (compressed size; 32 per reference).
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// Chunks that came zstd-compressed, and their size once decompressed.
+    #[serde(default)]
+    pub zstd_chunks: u64,
+    #[serde(default)]
+    pub zstd_raw_bytes: u64,
+    /// Chunks answered by a reference and filled from content this machine held.
+    #[serde(default)]
+    pub deduped_chunks: u64,
+    #[serde(default)]
+    pub deduped_bytes: u64,
+    /// References whose content was gone or changed, fetched again as data.
+    #[serde(default)]
+    pub ref_misses: u64,
     pub uptime_ms: u64,
     pub background_rate_bytes_per_s: Option<u64>,
 }
@@ -40,6 +56,12 @@ pub struct ShardNumbers {
     pub fetched_bytes_on_demand: u64,
     pub fetched_bytes_background: u64,
     pub fetch_failures: u64,
+    pub wire_bytes: u64,
+    pub zstd_chunks: u64,
+    pub zstd_raw_bytes: u64,
+    pub deduped_chunks: u64,
+    pub deduped_bytes: u64,
+    pub ref_misses: u64,
 }
 
 impl Status {
@@ -53,6 +75,12 @@ impl Status {
         self.fetched_bytes_on_demand += n.fetched_bytes_on_demand;
         self.fetched_bytes_background += n.fetched_bytes_background;
         self.fetch_failures += n.fetch_failures;
+        self.wire_bytes += n.wire_bytes;
+        self.zstd_chunks += n.zstd_chunks;
+        self.zstd_raw_bytes += n.zstd_raw_bytes;
+        self.deduped_chunks += n.deduped_chunks;
+        self.deduped_bytes += n.deduped_bytes;
+        self.ref_misses += n.ref_misses;
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wire_format::frame::{self, Frame};
 
-use super::{refusal, LinkError, CAPABILITIES};
+use super::{refusal, LinkError};
 
 #[derive(Debug, Clone)]
 pub struct VolumeInfo {
@@ -72,7 +72,7 @@ pub fn open_volume(
         &Frame::Hello {
             version_min: 1,
             version_max: 1,
-            capabilities: CAPABILITIES,
+            capabilities: 0,
             agent: "ferry-frontend-setup",
         },
         0,

@@ -13,11 +13,12 @@ use std::rc::Rc;
 
 use futures::channel::mpsc;
 use futures::StreamExt;
-use wire_format::frame::{Class, ErrorCode, Frame};
+use wire_format::frame::{self, Class, ErrorCode, Frame, DIGEST_LEN, MAX_HAVE_DIGESTS};
 
 use super::reader::FrameReader;
 use super::{refusal, LinkError, CAPABILITIES};
 use crate::bufs::ChunkBufs;
+use crate::dedup::DedupIndex;
 use crate::runtime::{self, AlignedBuf, ConnectOpts, Stream};
 
 pub enum Reply {
@@ -27,6 +28,11 @@ pub enum Reply {
     },
     Zero {
         chunk: u64,
+    },
+    /// The content with this SHA-256, which we said we hold.
+    Ref {
+        chunk: u64,
+        digest: [u8; DIGEST_LEN],
     },
     ChunkError {
         chunk: u64,
@@ -47,6 +53,32 @@ pub struct LinkConfig {
     pub chunk_size_bytes: u32,
     /// IP TOS byte (DSCP << 2) for this connection, e.g. to mark background traffic.
     pub tos: Option<u8>,
+    /// Capabilities to offer (`wire_format::frame::CAP_*`).
+    pub capabilities: u64,
+    /// With `CAP_REFS`: the index whose digests are announced when the link opens.
+    pub dedup: Option<std::sync::Arc<DedupIndex>>,
+}
+
+/// Most digests announced per connection: 4M × 32 bytes = 128 MiB. Beyond that, content is
+/// still deduplicated within the session, only not against the oldest part of the index.
+const ANNOUNCE_MAX: usize = 4 << 20;
+
+/// What came over the links of one shard, for status.
+#[derive(Default)]
+pub struct LinkCounters {
+    /// Chunk payload bytes as they crossed the wire (compressed size, 32 for a reference).
+    pub wire_bytes: Cell<u64>,
+    /// Chunks that came zstd-compressed, and their size once decompressed.
+    pub zstd_chunks: Cell<u64>,
+    pub zstd_raw_bytes: Cell<u64>,
+    /// Chunks that came as a reference to content we hold.
+    pub ref_chunks: Cell<u64>,
+}
+
+impl LinkCounters {
+    fn add(c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
 }
 
 pub struct BackendLink {
@@ -56,6 +88,7 @@ pub struct BackendLink {
     next_id: Cell<u64>,
     handle: u32,
     dead: Cell<bool>,
+    backlog: Rc<super::reader::Backlog>,
 }
 
 /// Replies to one request; dropping it forgets the request id.
@@ -82,6 +115,7 @@ impl BackendLink {
     pub async fn connect(
         cfg: &LinkConfig,
         bufs: Rc<ChunkBufs>,
+        counters: Rc<LinkCounters>,
     ) -> Result<Rc<BackendLink>, LinkError> {
         let opts = ConnectOpts {
             tos: cfg.tos,
@@ -96,7 +130,7 @@ impl BackendLink {
         Frame::Hello {
             version_min: 1,
             version_max: 1,
-            capabilities: CAPABILITIES,
+            capabilities: cfg.capabilities & CAPABILITIES,
             agent: "ferry-frontend",
         }
         .encode(0, &mut out)?;
@@ -108,11 +142,18 @@ impl BackendLink {
         let out_len = out.len();
         let (res, _) = stream.send_all(out, 0..out_len).await;
         res?;
-        match reader.next().await? {
-            Some((_, Frame::HelloAck { .. })) => {}
+        let caps = match reader.next().await? {
+            Some((_, Frame::HelloAck { capabilities, .. })) => {
+                if capabilities & !(cfg.capabilities & CAPABILITIES) != 0 {
+                    return Err(LinkError::Protocol(format!(
+                        "backend accepted capabilities {capabilities:#x} that were not offered"
+                    )));
+                }
+                capabilities
+            }
             Some((_, f)) => return Err(refusal("HelloAck", &f)),
             None => return Err(LinkError::Closed),
-        }
+        };
         let (handle, extent_frames) = match reader.next().await? {
             Some((
                 _,
@@ -142,6 +183,11 @@ impl BackendLink {
                 None => return Err(LinkError::Closed),
             }
         }
+        if caps & frame::CAP_REFS != 0 {
+            if let Some(index) = &cfg.dedup {
+                announce(&stream, handle, index).await?;
+            }
+        }
         let link = Rc::new(BackendLink {
             stream,
             send: async_lock::Mutex::new(Vec::with_capacity(16 * 1024)),
@@ -149,10 +195,11 @@ impl BackendLink {
             next_id: Cell::new(2),
             handle,
             dead: Cell::new(false),
+            backlog: reader.backlog(),
         });
         let l = link.clone();
         runtime::spawn(async move {
-            if let Err(e) = l.read_loop(&mut reader, &bufs).await {
+            if let Err(e) = l.read_loop(&mut reader, &bufs, &counters).await {
                 if l.is_dead() {
                     // We closed it (shutdown, or a bad reply already logged by the caller).
                     tracing::debug!(error = %e, "backend link closed");
@@ -176,7 +223,13 @@ impl BackendLink {
         self.pending.borrow_mut().clear();
     }
 
-    async fn read_loop(&self, reader: &mut FrameReader, bufs: &ChunkBufs) -> Result<(), LinkError> {
+    async fn read_loop(
+        &self,
+        reader: &mut FrameReader,
+        bufs: &ChunkBufs,
+        counters: &LinkCounters,
+    ) -> Result<(), LinkError> {
+        let mut unzstd: Option<zstd::bulk::Decompressor<'static>> = None;
         loop {
             let Some((id, frame)) = reader.next().await? else {
                 return Err(LinkError::Closed);
@@ -198,7 +251,54 @@ impl BackendLink {
                     }
                     buf.set_len(data.len());
                     buf.copy_from_slice(data);
+                    LinkCounters::add(&counters.wire_bytes, data.len() as u64);
                     Reply::Data { chunk, buf }
+                }
+                Frame::ChunkZstd {
+                    handle,
+                    chunk,
+                    raw_len,
+                    raw_crc,
+                    data,
+                } => {
+                    self.check_handle(handle)?;
+                    let mut buf = bufs.take();
+                    let raw_len = raw_len as usize;
+                    if raw_len > buf.len() {
+                        return Err(LinkError::Protocol(format!(
+                            "chunk {chunk}: {raw_len} bytes of compressed content for {} byte chunks",
+                            buf.len()
+                        )));
+                    }
+                    let d = match unzstd.as_mut() {
+                        Some(d) => d,
+                        None => unzstd.insert(zstd::bulk::Decompressor::new()?),
+                    };
+                    // Decompress straight into the chunk buffer; never more than raw_len bytes.
+                    let got = d.decompress_to_buffer(data, &mut buf[..raw_len]);
+                    let ok = matches!(got, Ok(n) if n == raw_len)
+                        && crc32c::crc32c(&buf[..raw_len]) == raw_crc;
+                    if !ok {
+                        bufs.give(buf);
+                        return Err(LinkError::Protocol(format!(
+                            "chunk {chunk}: compressed content does not decompress to its checksum"
+                        )));
+                    }
+                    buf.set_len(raw_len);
+                    LinkCounters::add(&counters.wire_bytes, data.len() as u64);
+                    LinkCounters::add(&counters.zstd_chunks, 1);
+                    LinkCounters::add(&counters.zstd_raw_bytes, raw_len as u64);
+                    Reply::Data { chunk, buf }
+                }
+                Frame::ChunkRef {
+                    handle,
+                    chunk,
+                    digest,
+                } => {
+                    self.check_handle(handle)?;
+                    LinkCounters::add(&counters.wire_bytes, DIGEST_LEN as u64);
+                    LinkCounters::add(&counters.ref_chunks, 1);
+                    Reply::Ref { chunk, digest }
                 }
                 Frame::ChunkZero { handle, chunk } => {
                     self.check_handle(handle)?;
@@ -290,10 +390,12 @@ impl BackendLink {
         Ok(replies)
     }
 
-    /// Asks for `chunks`; one reply per chunk arrives on the returned channel.
+    /// Asks for `chunks`; one reply per chunk arrives on the returned channel. With
+    /// `no_refs` every chunk comes as data (a reference we were given could not be used).
     pub async fn fetch(
         self: &Rc<Self>,
         class: Class,
+        no_refs: bool,
         chunks: &[u64],
     ) -> Result<Replies, LinkError> {
         let handle = self.handle;
@@ -301,6 +403,8 @@ impl BackendLink {
             Frame::Fetch {
                 handle,
                 class,
+                no_refs,
+                no_zstd: self.backlog.receiver_bound(),
                 chunks: chunks.to_vec(),
             }
             .encode(id, out)?;
@@ -360,15 +464,17 @@ impl BackendLink {
 pub struct LinkSlot {
     cfg: LinkConfig,
     bufs: Rc<ChunkBufs>,
+    counters: Rc<LinkCounters>,
     current: RefCell<Option<Rc<BackendLink>>>,
     connecting: async_lock::Mutex<()>,
 }
 
 impl LinkSlot {
-    pub fn new(cfg: LinkConfig, bufs: Rc<ChunkBufs>) -> LinkSlot {
+    pub fn new(cfg: LinkConfig, bufs: Rc<ChunkBufs>, counters: Rc<LinkCounters>) -> LinkSlot {
         LinkSlot {
             cfg,
             bufs,
+            counters,
             current: RefCell::new(None),
             connecting: async_lock::Mutex::new(()),
         }
@@ -382,7 +488,7 @@ impl LinkSlot {
         if let Some(l) = self.live() {
             return Ok(l);
         }
-        let l = BackendLink::connect(&self.cfg, self.bufs.clone()).await?;
+        let l = BackendLink::connect(&self.cfg, self.bufs.clone(), self.counters.clone()).await?;
         *self.current.borrow_mut() = Some(l.clone());
         Ok(l)
     }
@@ -400,4 +506,24 @@ impl LinkSlot {
             l.kill();
         }
     }
+}
+
+/// Tells the backend every digest the index holds, in `Have` frames, before any fetch.
+async fn announce(stream: &Stream, handle: u32, index: &DedupIndex) -> Result<(), LinkError> {
+    let all = index.announce(ANNOUNCE_MAX);
+    for part in all.chunks(MAX_HAVE_DIGESTS * DIGEST_LEN) {
+        let mut out = Vec::with_capacity(part.len() + 64);
+        Frame::Have {
+            handle,
+            digests: part,
+        }
+        .encode(0, &mut out)?;
+        let out_len = out.len();
+        let (res, _) = stream.send_all(out, 0..out_len).await;
+        res?;
+    }
+    if !all.is_empty() {
+        tracing::debug!(digests = all.len() / DIGEST_LEN, "announced held content");
+    }
+    Ok(())
 }

@@ -12,8 +12,9 @@ pub mod reader;
 
 use wire_format::frame::{ErrorCode, WireError};
 
-/// Capabilities bits announced in Hello (none defined in v1).
-pub const CAPABILITIES: u64 = 0;
+/// Every capability this build speaks (zstd chunks, content references); a frontend offers
+/// the ones its configuration enables, the backend accepts the common subset.
+pub const CAPABILITIES: u64 = wire_format::frame::CAP_ZSTD | wire_format::frame::CAP_REFS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

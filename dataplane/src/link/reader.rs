@@ -10,12 +10,34 @@ use crate::runtime::Stream;
 
 // One largest frame plus room for the next few headers.
 const BUF_LEN: usize = HEADER_LEN + MAX_PAYLOAD as usize + 256 * 1024;
+/// A receive that brings this much (or all the room there was) found data already queued.
+const FULL_RECV: usize = 256 * 1024;
 
 pub struct FrameReader {
     stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    backlog: std::rc::Rc<Backlog>,
+}
+
+/// How full our receives come back, averaged: near 1 when data waits in the socket for us
+/// (we, the receiver, are the bottleneck), near 0 when we wait for data (the link or the
+/// sender is). Shared with the link so its requests can say "compression will not help".
+#[derive(Default)]
+pub struct Backlog {
+    fill: std::cell::Cell<f64>,
+}
+
+impl Backlog {
+    pub fn receiver_bound(&self) -> bool {
+        self.fill.get() > 0.5
+    }
+
+    fn record(&self, got: usize, room: usize) {
+        let full = (got as f64 / room.clamp(1, FULL_RECV) as f64).min(1.0);
+        self.fill.set(self.fill.get() * 0.9 + full * 0.1);
+    }
 }
 
 impl FrameReader {
@@ -25,7 +47,12 @@ impl FrameReader {
             buf: vec![0u8; BUF_LEN],
             start: 0,
             end: 0,
+            backlog: Default::default(),
         }
+    }
+
+    pub fn backlog(&self) -> std::rc::Rc<Backlog> {
+        self.backlog.clone()
     }
 
     /// The next frame with its request id, or `Ok(None)` when the peer closed cleanly between frames.
@@ -54,6 +81,7 @@ impl FrameReader {
             let (res, buf) = self.stream.recv(buf, self.end..len).await;
             self.buf = buf;
             let n = res?;
+            self.backlog.record(n, len - self.end);
             if n == 0 {
                 return if avail == 0 {
                     Ok(None)

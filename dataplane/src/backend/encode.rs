@@ -1,0 +1,378 @@
+//! How one chunk goes on the wire: zero, a reference to content the frontend holds, zstd, or
+//! raw — per connection, chosen for what the link and the CPU can do right now.
+//!
+//! **Compression pays only when the link, not the CPU, is the bottleneck.** The sender is
+//! pipelined (chunks are compressed while earlier ones are on the wire), so compressing at a
+//! level makes migration faster exactly when the link is what limits it and that level
+//! compresses faster than data is flowing. The encoder measures both, per window of sends
+//! (like `zstd --adapt`): how much of the wall time the connection's socket was busy taking
+//! a send (a link-bound sender is always blocked in send; a fast link is mostly idle), and
+//! each level's speed on this data. Link-bound: one level up, if that level keeps
+//! [`SPEED_MARGIN`] × ahead of the flow. Not link-bound: one level down, to none — so on a
+//! fast link (loopback) compression switches itself off within a window. Chunks that do not
+//! shrink go raw, and a run of them makes the encoder stop trying for a while
+//! (incompressible data must not cost CPU for nothing).
+//!
+//! References ([`wire_format::frame::CAP_REFS`]): a chunk whose SHA-256 the frontend
+//! announced, or that this connection already carried, goes out as a 32-byte `ChunkRef`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use wire_format::frame::DIGEST_LEN;
+
+/// Levels tried, weakest first.
+const LEVELS: [i32; 5] = [1, 3, 6, 9, 15];
+/// Starting guesses of each level's speed (bytes/s of input per core), replaced by
+/// measurements as soon as a level is used.
+const SPEED_GUESS: [f64; 5] = [400e6, 250e6, 90e6, 50e6, 15e6];
+/// A level is used only if it compresses this many times faster than the link drains.
+const SPEED_MARGIN: f64 = 3.0;
+/// A compressed chunk must be at most this fraction of the raw size to be sent compressed.
+const WORTH_RATIO: f64 = 0.95;
+/// Incompressible chunks in a row before the encoder backs off, and the back-off bounds.
+const INCOMPRESSIBLE_STREAK: u32 = 8;
+const BACKOFF_MIN: u32 = 64;
+const BACKOFF_MAX: u32 = 4096;
+/// Weight of history in the speed averages.
+const EWMA_KEEP: f64 = 0.8;
+/// A window closes after this long (and at least WINDOW_SENDS sends).
+const WINDOW: Duration = Duration::from_millis(100);
+const WINDOW_SENDS: u32 = 4;
+/// Share of the window the socket was busy above which the link is the bottleneck, and below
+/// which it clearly is not.
+const BUSY_HIGH: f64 = 0.8;
+const BUSY_LOW: f64 = 0.4;
+
+/// One chunk's wire form.
+pub enum Encoded<'a> {
+    /// Send as is.
+    Raw,
+    /// Send `data` (a zstd frame) with the crc of the raw content.
+    Zstd { data: &'a [u8], raw_crc: u32 },
+    /// Send only the digest.
+    Ref([u8; DIGEST_LEN]),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EncodeStats {
+    pub raw_chunks: u64,
+    pub zstd_chunks: u64,
+    pub ref_chunks: u64,
+    pub logical_bytes: u64,
+    pub wire_bytes: u64,
+}
+
+pub struct Encoder {
+    zstd: Option<Zstd>,
+    /// Digests the frontend holds or this connection already carried; `None` without refs.
+    refs: Option<HashSet<[u8; DIGEST_LEN]>>,
+    stats: EncodeStats,
+}
+
+struct Zstd {
+    ctx: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+    /// Index into LEVELS, or None: not compressing.
+    level: Option<usize>,
+    speed: [f64; 5],
+    streak: u32,
+    skip: u32,
+    backoff: u32,
+    window: Window,
+}
+
+/// One measuring window of sends.
+struct Window {
+    start: Instant,
+    sends: u32,
+    busy: Duration,
+    raw_bytes: u64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            start: Instant::now(),
+            sends: 0,
+            busy: Duration::ZERO,
+            raw_bytes: 0,
+        }
+    }
+}
+
+impl Encoder {
+    pub fn new(zstd: bool, refs: bool) -> Encoder {
+        let zstd = if zstd {
+            match zstd::bulk::Compressor::new(LEVELS[0]) {
+                Ok(ctx) => Some(Zstd {
+                    ctx,
+                    out: Vec::new(),
+                    // Off until a window shows the link is the bottleneck.
+                    level: None,
+                    speed: SPEED_GUESS,
+                    streak: 0,
+                    skip: 0,
+                    backoff: BACKOFF_MIN,
+                    window: Window::new(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "zstd unavailable; sending raw");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Encoder {
+            zstd,
+            refs: refs.then(HashSet::new),
+            stats: EncodeStats::default(),
+        }
+    }
+
+    pub fn refs_enabled(&self) -> bool {
+        self.refs.is_some()
+    }
+
+    /// Digests announced by the frontend (`Have`), `digests.len()` a multiple of 32.
+    pub fn learn(&mut self, digests: &[u8]) {
+        if let Some(set) = self.refs.as_mut() {
+            for d in digests.chunks_exact(DIGEST_LEN) {
+                let mut k = [0u8; DIGEST_LEN];
+                k.copy_from_slice(d);
+                set.insert(k);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> EncodeStats {
+        self.stats
+    }
+
+    /// The level in use (0 = not compressing), for logs.
+    pub fn level(&self) -> i32 {
+        self.zstd
+            .as_ref()
+            .and_then(|z| z.level)
+            .map(|i| LEVELS[i])
+            .unwrap_or(0)
+    }
+
+    /// Chooses the wire form of one non-zero chunk. `allow_ref` is false when the frontend
+    /// asked for data (it could not use a reference), `allow_zstd` false when it said it is
+    /// the bottleneck itself (its receive buffer is full), so compression cannot help.
+    pub fn encode(&mut self, raw: &[u8], allow_ref: bool, allow_zstd: bool) -> Encoded<'_> {
+        self.stats.logical_bytes += raw.len() as u64;
+        if let Some(set) = self.refs.as_mut() {
+            let d = crate::dedup::digest(raw);
+            if allow_ref && set.contains(&d) {
+                self.stats.ref_chunks += 1;
+                self.stats.wire_bytes += DIGEST_LEN as u64;
+                return Encoded::Ref(d);
+            }
+            set.insert(d);
+        }
+        let Some(z) = self.zstd.as_mut().filter(|_| allow_zstd) else {
+            self.stats.raw_chunks += 1;
+            self.stats.wire_bytes += raw.len() as u64;
+            return Encoded::Raw;
+        };
+        z.window.raw_bytes += raw.len() as u64;
+        match z.compress(raw) {
+            Some(n) => {
+                self.stats.zstd_chunks += 1;
+                self.stats.wire_bytes += n as u64;
+                Encoded::Zstd {
+                    data: &z.out[..n],
+                    raw_crc: crc32c::crc32c(raw),
+                }
+            }
+            None => {
+                self.stats.raw_chunks += 1;
+                self.stats.wire_bytes += raw.len() as u64;
+                Encoded::Raw
+            }
+        }
+    }
+
+    /// Feeds one send: how long the socket took to accept it (sends of one connection are
+    /// serialised, so these add up to the time the socket was busy).
+    pub fn sent(&mut self, busy: Duration) {
+        let Some(z) = self.zstd.as_mut() else {
+            return;
+        };
+        z.window.sends += 1;
+        z.window.busy += busy;
+        let wall = z.window.start.elapsed();
+        if wall >= WINDOW && z.window.sends >= WINDOW_SENDS {
+            let util = z.window.busy.as_secs_f64() / wall.as_secs_f64();
+            let flow = z.window.raw_bytes as f64 / wall.as_secs_f64();
+            z.adapt(util, flow);
+            z.window = Window::new();
+        }
+    }
+}
+
+impl Zstd {
+    /// Compresses into `self.out`; `Some(len)` if it is worth sending compressed.
+    fn compress(&mut self, raw: &[u8]) -> Option<usize> {
+        let level = self.level?;
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        let bound = zstd::zstd_safe::compress_bound(raw.len());
+        if self.out.len() < bound {
+            self.out.resize(bound, 0);
+        }
+        let t = Instant::now();
+        let n = self.ctx.compress_to_buffer(raw, &mut self.out[..]).ok()?;
+        let secs = t.elapsed().as_secs_f64().max(1e-7);
+        let speed = raw.len() as f64 / secs;
+        self.speed[level] = self.speed[level] * EWMA_KEEP + speed * (1.0 - EWMA_KEEP);
+        if n as f64 <= raw.len() as f64 * WORTH_RATIO && n > 0 {
+            self.streak = 0;
+            self.backoff = BACKOFF_MIN;
+            Some(n)
+        } else {
+            self.streak += 1;
+            if self.streak >= INCOMPRESSIBLE_STREAK {
+                self.streak = 0;
+                self.skip = self.backoff;
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+            None
+        }
+    }
+
+    /// One step per window: up while the link is the bottleneck and the next level keeps
+    /// ahead of the flow (raw bytes/s), down while it is not.
+    fn adapt(&mut self, util: f64, flow: f64) {
+        let next = if util >= BUSY_HIGH {
+            let up = self.level.map_or(0, |i| i + 1);
+            if up < LEVELS.len() && self.speed[up] >= flow * SPEED_MARGIN {
+                Some(up)
+            } else if self.level.is_some_and(|i| self.speed[i] < flow) {
+                // The current level is slower than the flow it must keep up with.
+                self.level.and_then(|i| i.checked_sub(1))
+            } else {
+                self.level
+            }
+        } else if util < BUSY_LOW {
+            self.level.and_then(|i| i.checked_sub(1))
+        } else {
+            self.level
+        };
+        tracing::trace!(util, flow_mb_s = flow / 1e6, ?next, "compression window");
+        self.set_level(next);
+    }
+
+    fn set_level(&mut self, pick: Option<usize>) {
+        if pick == self.level {
+            return;
+        }
+        if let Some(i) = pick {
+            if self
+                .ctx
+                .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(LEVELS[i]))
+                .is_err()
+            {
+                return;
+            }
+        }
+        tracing::debug!(
+            level = pick.map(|i| LEVELS[i]).unwrap_or(0),
+            "compression level changed"
+        );
+        self.level = pick;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> Vec<u8> {
+        b"the quick brown fox jumps over the lazy dog 0123456789\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(n)
+            .collect()
+    }
+
+    /// Runs `windows` windows in which the socket is busy `busy` of the time.
+    fn drive(e: &mut Encoder, raw: &[u8], windows: u32, busy: f64) -> Vec<u8> {
+        let mut last = Vec::new();
+        for _ in 0..windows {
+            if let Encoded::Zstd { data, raw_crc } = e.encode(raw, false, true) {
+                assert_eq!(raw_crc, crc32c::crc32c(raw));
+                last = zstd::bulk::decompress(data, raw.len()).unwrap();
+            }
+            std::thread::sleep(WINDOW / 4);
+            for _ in 0..WINDOW_SENDS {
+                e.sent(WINDOW.mul_f64(busy / WINDOW_SENDS as f64 * 1.25));
+            }
+            let z = e.zstd.as_mut().unwrap();
+            z.window.start -= WINDOW;
+            e.sent(Duration::ZERO);
+        }
+        last
+    }
+
+    #[test]
+    fn link_bound_sender_compresses_harder_and_decodes() {
+        let mut e = Encoder::new(true, false);
+        let raw = text(65536);
+        let got = drive(&mut e, &raw, 5, 1.0);
+        assert_eq!(got, raw);
+        assert!(
+            e.level() >= 6,
+            "a link-bound sender should climb levels, got {}",
+            e.level()
+        );
+    }
+
+    #[test]
+    fn idle_socket_turns_compression_off() {
+        let mut e = Encoder::new(true, false);
+        let raw = text(65536);
+        drive(&mut e, &raw, 2, 1.0);
+        assert!(e.level() >= 1);
+        drive(&mut e, &raw, 4, 0.01);
+        assert_eq!(e.level(), 0);
+        assert!(matches!(e.encode(&raw, false, true), Encoded::Raw));
+    }
+
+    #[test]
+    fn incompressible_data_backs_off() {
+        use rand::RngCore;
+        let mut e = Encoder::new(true, false);
+        e.zstd.as_mut().unwrap().set_level(Some(0));
+        let mut raw = vec![0u8; 65536];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let t = Instant::now();
+        for _ in 0..1000 {
+            assert!(matches!(e.encode(&raw, false, true), Encoded::Raw));
+        }
+        // Back-off: far fewer than 1000 compression attempts were made.
+        assert!(e.zstd.as_ref().unwrap().backoff > BACKOFF_MIN);
+        let _ = t;
+    }
+
+    #[test]
+    fn refs_for_announced_and_repeated_content() {
+        let mut e = Encoder::new(false, true);
+        let a = text(4096);
+        let mut b = text(4096);
+        b[0] = b'X';
+        e.learn(&crate::dedup::digest(&a));
+        assert!(matches!(e.encode(&a, true, true), Encoded::Ref(_)));
+        assert!(matches!(e.encode(&a, false, true), Encoded::Raw));
+        assert!(matches!(e.encode(&b, true, true), Encoded::Raw));
+        assert!(
+            matches!(e.encode(&b, true, true), Encoded::Ref(d) if d == crate::dedup::digest(&b))
+        );
+    }
+}
