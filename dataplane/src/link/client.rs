@@ -120,8 +120,11 @@ impl BackendLink {
         let opts = ConnectOpts {
             tos: cfg.tos,
             nodelay: true,
-            sndbuf: Some(4 << 20),
-            rcvbuf: Some(4 << 20),
+            // Requests are small. The receive buffer is left to the kernel's autotuning
+            // (`net.ipv4.tcp_rmem`, up to 32 MiB here): a fixed SO_RCVBUF would turn it off
+            // and cap the window of a long fat link.
+            sndbuf: None,
+            rcvbuf: None,
         };
         tracing::debug!(addr = %cfg.addr, tos = ?cfg.tos, "connecting to the backend");
         let stream = Stream::connect_tcp(cfg.addr, &opts).await?;

@@ -201,6 +201,14 @@ impl Stream {
         )
     }
 
+    /// Sets SO_SNDBUF (the kernel doubles it and caps it at `net.core.wmem_max`). Setting it
+    /// turns the kernel's send-buffer autotuning off for this socket.
+    pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        let n = libc::c_int::try_from(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "send buffer too large"))?;
+        sys::setsockopt_int(self.fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, n)
+    }
+
     /// One recv into `buf[range]`; `Ok(0)` means the peer closed (or `range` is empty).
     /// Panics if `range` is outside `buf`'s initialised bytes.
     pub async fn recv<B: IoBufMut>(&self, buf: B, range: Range<usize>) -> (io::Result<usize>, B) {
