@@ -412,6 +412,13 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
         moved as f64 / (1 << 20) as f64 / migrate_secs.max(0.001)
     );
     println!(
+        "  on the wire       {} for {} of chunk data ({} chunks zstd-compressed, {} deduplicated from content already here)",
+        human(st.wire_bytes),
+        human(moved),
+        st.zstd_chunks,
+        st.deduped_chunks
+    );
+    println!(
         "  workload          {} reads ({}), {} writes ({}); read p50 {} us p99 {} us; write p50 {} us p99 {} us",
         w.reads,
         human(w.bytes_read),

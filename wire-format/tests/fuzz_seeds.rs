@@ -18,6 +18,7 @@ fn corpus(target: &str) -> PathBuf {
 
 fn frame_seeds() -> Seeds {
     let data = [0xA5u8; 64];
+    let digests = [0x3Cu8; 64];
     let frames = [
         (
             "hello",
@@ -106,6 +107,31 @@ fn frame_seeds() -> Seeds {
                 handle: 1,
                 offset: 0,
                 len: 4096,
+            },
+        ),
+        (
+            "chunk_zstd",
+            Frame::ChunkZstd {
+                handle: 1,
+                chunk: 3,
+                raw_len: 65536,
+                raw_crc: 0x1234_5678,
+                data: &data,
+            },
+        ),
+        (
+            "have",
+            Frame::Have {
+                handle: 1,
+                digests: &digests,
+            },
+        ),
+        (
+            "chunk_ref",
+            Frame::ChunkRef {
+                handle: 1,
+                chunk: 4,
+                digest: [0x5A; 32],
             },
         ),
         ("sync", Frame::Sync { handle: 1 }),

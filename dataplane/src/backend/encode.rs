@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 
 use wire_format::frame::DIGEST_LEN;
 
+/// Most digests remembered per connection (announced plus carried): 4M × 32 bytes, about
+/// 200 MiB with the set's overhead. Beyond it new content is still sent, only not referenced;
+/// a frontend cannot make the backend grow without bound.
+const REFS_MAX: usize = 4 << 20;
 /// Levels tried, weakest first.
 const LEVELS: [i32; 5] = [1, 3, 6, 9, 15];
 /// Starting guesses of each level's speed (bytes/s of input per core), replaced by
@@ -139,6 +143,9 @@ impl Encoder {
     pub fn learn(&mut self, digests: &[u8]) {
         if let Some(set) = self.refs.as_mut() {
             for d in digests.chunks_exact(DIGEST_LEN) {
+                if set.len() >= REFS_MAX {
+                    break;
+                }
                 let mut k = [0u8; DIGEST_LEN];
                 k.copy_from_slice(d);
                 set.insert(k);
@@ -171,7 +178,9 @@ impl Encoder {
                 self.stats.wire_bytes += DIGEST_LEN as u64;
                 return Encoded::Ref(d);
             }
-            set.insert(d);
+            if set.len() < REFS_MAX {
+                set.insert(d);
+            }
         }
         let Some(z) = self.zstd.as_mut().filter(|_| allow_zstd) else {
             self.stats.raw_chunks += 1;
