@@ -55,6 +55,10 @@ enum Command {
     SetRate(SetRateArgs),
     /// Run a complete local migration with a workload, and verify the result.
     Demo(crate::demo::DemoArgs),
+    /// Run the control daemon: sessions, an HTTP/JSON API, one frontend per session.
+    Control(ctl::cli::ControlArgs),
+    /// Drive migration sessions through the control daemon.
+    Migrate(ctl::cli::MigrateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -378,6 +382,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
             }
         }
         Command::Demo(a) => crate::demo::run(a),
+        Command::Control(a) => ctl::cli::run_control(a),
+        Command::Migrate(a) => ctl::cli::run_migrate(a),
     }
 }
 

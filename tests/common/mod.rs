@@ -564,6 +564,10 @@ pub struct Opts {
     pub cores: Option<u32>,
     /// `--background-rate`; None = unlimited, Some("0") = paused.
     pub background_rate: Option<String>,
+    /// More `ferry frontend` flags (e.g. `--compress off`, `--dedup-index PATH`).
+    pub frontend_args: Vec<String>,
+    /// More `ferry backend` flags (e.g. `--fs-aware`).
+    pub backend_args: Vec<String>,
 }
 
 impl Default for Opts {
@@ -573,6 +577,8 @@ impl Default for Opts {
             chunk_size: Some("64K".into()),
             cores: Some(2),
             background_rate: None,
+            frontend_args: Vec::new(),
+            backend_args: Vec::new(),
         }
     }
 }
@@ -580,6 +586,22 @@ impl Default for Opts {
 impl Opts {
     pub fn rate(mut self, r: &str) -> Self {
         self.background_rate = Some(r.into());
+        self
+    }
+
+    pub fn chunk(mut self, size: &str) -> Self {
+        self.chunk_size = Some(size.into());
+        self
+    }
+
+    pub fn frontend_args(mut self, args: &[&str]) -> Self {
+        self.frontend_args
+            .extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn backend_args(mut self, args: &[&str]) -> Self {
+        self.backend_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 }
@@ -651,6 +673,25 @@ impl Harness {
         h
     }
 
+    /// Starts only `ferry backend` for `source`: the caller may point `backend_addr`
+    /// elsewhere (e.g. a WAN emulator in front of it), then calls `start_frontend`.
+    pub fn start_backend_only(dir: &Path, source: &Path, opts: Opts) -> Harness {
+        let mut h = Harness {
+            kind: ServerKind::Ferry,
+            dir: dir.to_path_buf(),
+            source: source.to_path_buf(),
+            target: dir.join("target.img"),
+            state_dir: dir.join("state"),
+            sock: dir.join("nbd.sock"),
+            opts,
+            backend_addr: None,
+            backend: None,
+            frontend: None,
+        };
+        h.start_backend();
+        h
+    }
+
     pub fn is_ferry(&self) -> bool {
         self.kind == ServerKind::Ferry
     }
@@ -658,7 +699,8 @@ impl Harness {
     fn start_backend(&mut self) {
         let vol = format!("{}={}", self.opts.volume, self.source.display());
         let mut cmd = Command::new(FERRY);
-        cmd.args(["backend", "--listen", "127.0.0.1:0", "--volume", &vol]);
+        cmd.args(["backend", "--listen", "127.0.0.1:0", "--volume", &vol])
+            .args(&self.opts.backend_args);
         let mut p = Proc::spawn("backend", &mut cmd, &self.dir);
         let line = p.wait_line("ferry backend listening on ", READY_TIMEOUT);
         let addr = line
@@ -698,6 +740,7 @@ impl Harness {
                 if let Some(r) = &self.opts.background_rate {
                     cmd.args(["--background-rate", r]);
                 }
+                cmd.args(&self.opts.frontend_args);
                 let mut p = Proc::spawn("frontend", &mut cmd, &self.dir);
                 let want = format!("ferry frontend serving {} on ", self.opts.volume);
                 let line = p.wait_line("ferry frontend serving ", READY_TIMEOUT);
@@ -912,6 +955,13 @@ impl Harness {
         p.signal(libc::SIGTERM);
         if p.wait_exit(Duration::from_secs(30)).is_none() {
             panic!("qemu-nbd did not stop on SIGTERM");
+        }
+    }
+
+    /// Stops (SIGKILL) our backend, releasing its lock on the source.
+    pub fn stop_backend(&mut self) {
+        if let Some(mut p) = self.backend.take() {
+            p.kill9();
         }
     }
 

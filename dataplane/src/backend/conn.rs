@@ -39,8 +39,6 @@ struct Conn {
     bytes_sent: Cell<u64>,
     /// Chosen at Hello from the capabilities both sides have.
     encoder: RefCell<Encoder>,
-    /// Runs encoded and waiting to be sent: one on the wire, one being prepared.
-    encode_permits: async_lock::Semaphore,
 }
 
 /// Send buffer of a frontend connection: a WAN link of 1 Gbit/s and 40 ms round trip holds
@@ -65,7 +63,6 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
         zero_chunks_sent: Cell::new(0),
         bytes_sent: Cell::new(0),
         encoder: RefCell::new(Encoder::new(false, false)),
-        encode_permits: async_lock::Semaphore::new(2),
     });
     let mut reader = FrameReader::new(stream.clone());
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(FETCHES_IN_FLIGHT_MAX));
@@ -405,8 +402,11 @@ impl Conn {
         };
         buf.set_len(run_len);
         let t_read = std::time::Instant::now();
-        let (res, buf) = opened.reader.read_exact_at(buf, offset).await;
+        let (res, mut buf) = opened.reader.read_exact_at(buf, offset).await;
         let read_us = t_read.elapsed().as_micros();
+        if res.is_ok() && !vol.free.is_empty() {
+            vol.zero_free(offset, &mut buf[..run_len]);
+        }
         if let Err(e) = res {
             let msg = format!("reading {} at {offset}: {e}", vol.path.display());
             tracing::warn!(%msg, "source read failed");
@@ -421,9 +421,12 @@ impl Conn {
             }
             return Ok(());
         }
-        // Encode only shortly before the send: runs read ahead wait here, so the encoder's
-        // choice (compress or not, how hard) follows what the link is doing now.
-        let _ready = self.encode_permits.acquire().await;
+        // Encode under the send lock: the encoder's choice (compress or not, how hard) then
+        // follows what the link is doing now, not when the run was read, and content goes on
+        // the wire in the order the encoder saw it — a reference never overtakes the data it
+        // names. Compressing under the lock costs no link time: the kernel keeps sending what
+        // the socket buffer holds meanwhile.
+        let guard = self.send.lock().await;
         // All frames of the run in one gather send: headers (and compressed data) from
         // `head`, raw data straight from the read buffer.
         let mut head = Vec::with_capacity(n as usize * 64);
@@ -482,7 +485,6 @@ impl Conn {
             }
         }
         let gather = Gather::new(head, buf, parts);
-        let guard = self.send.lock().await;
         let t_send = std::time::Instant::now();
         let (res, gather) = self.stream.send_gather_all(gather).await;
         self.encoder.borrow_mut().sent(t_send.elapsed());

@@ -16,6 +16,10 @@ pub struct SourceVolume {
     pub extents: Vec<(u64, u64)>,
     /// Whether write-back (abort) can be applied: the source opened read-write.
     pub writable: bool,
+    /// `--fs-aware`: byte ranges the file system marks free (sorted). Chunks entirely inside
+    /// are holes (cut out of `extents`); in chunks only partly free, these bytes are sent as
+    /// zeros, so stale data of deleted files never crosses the wire.
+    pub free: Vec<(u64, u64)>,
     /// Held for the life of the process: the `flock` that makes this backend the owner.
     _lock: File,
 }
@@ -111,6 +115,7 @@ impl SourceVolume {
             is_block_device,
             extents,
             writable,
+            free: Vec::new(),
             _lock: file,
         })
     }
@@ -131,7 +136,23 @@ impl SourceVolume {
         let before: u64 = self.extents.iter().map(|e| e.1).sum();
         self.extents = subtract(&self.extents, &free.free);
         let after: u64 = self.extents.iter().map(|e| e.1).sum();
+        self.free = free.free;
         Ok(before - after)
+    }
+
+    /// Zeroes the free bytes (see [`SourceVolume::free`]) of `buf`, which holds the volume
+    /// from `offset`.
+    pub fn zero_free(&self, offset: u64, buf: &mut [u8]) {
+        let end = offset + buf.len() as u64;
+        let first = self.free.partition_point(|&(o, l)| o + l <= offset);
+        for &(o, l) in &self.free[first..] {
+            if o >= end {
+                break;
+            }
+            let a = o.max(offset) - offset;
+            let b = (o + l).min(end) - offset;
+            buf[a as usize..b as usize].fill(0);
+        }
     }
 
     /// Whether `[offset, offset + len)` lies entirely in a hole.
@@ -208,6 +229,24 @@ fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_bytes_of_a_read_are_zeroed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("v");
+        std::fs::write(&p, vec![7u8; 8192]).expect("write");
+        let mut v = SourceVolume::open("v", &p).expect("open");
+        v.free = vec![(100, 50), (4000, 200), (8000, 500)];
+        let mut buf = vec![7u8; 4096];
+        v.zero_free(4096, &mut buf);
+        assert!(buf[..104].iter().all(|&b| b == 0));
+        assert!(buf[104..3904].iter().all(|&b| b == 7));
+        assert!(buf[3904..].iter().all(|&b| b == 0));
+        let mut buf = vec![7u8; 4096];
+        v.zero_free(0, &mut buf);
+        assert!(buf[100..150].iter().all(|&b| b == 0));
+        assert_eq!(buf.iter().filter(|&&b| b == 0).count(), 50 + 96);
+    }
 
     #[test]
     fn free_ranges_are_cut_out_of_extents() {

@@ -121,6 +121,7 @@ impl Shard {
                 }
             };
             let want: Vec<u64> = remaining.iter().copied().collect();
+            let before = remaining.len();
             let mut replies = match link.fetch(class, false, &want).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -218,7 +219,12 @@ impl Shard {
             }
             if !remaining.is_empty() {
                 tracing::warn!(attempt, remaining = remaining.len(), error = %last_error, "fetch incomplete; retrying");
-                if attempt >= FETCH_ATTEMPTS_MAX {
+                if remaining.len() < before {
+                    // The link broke but this attempt made progress: only attempts that
+                    // bring nothing count toward giving up (a long request behind a link
+                    // that breaks now and then must not fail chunks that would arrive).
+                    attempt = 0;
+                } else if attempt >= FETCH_ATTEMPTS_MAX {
                     break;
                 }
             }

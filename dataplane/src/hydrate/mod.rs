@@ -102,6 +102,12 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
             let rate = (rate / shard.geo.cores as u64).max(1);
             let bytes = batch.len() as u64 * u64::from(shard.geo.chunk_size_bytes);
             bucket.take(bytes, rate).await;
+            // Paused (or held) while this batch waited for its tokens: it must not go out
+            // (a pause stops background traffic on the wire, not one batch later).
+            if shard.background_rate.get() == Some(0) || shard.hydration_held.get() {
+                cursor = batch[0];
+                continue;
+            }
         }
         let s = shard.clone();
         // The batch's data is on the target when `done` runs; making it durable is group
