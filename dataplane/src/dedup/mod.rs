@@ -62,10 +62,11 @@ impl std::fmt::Debug for DedupIndex {
 
 impl DedupIndex {
     /// Opens (or creates) the index at `db` and registers `own_target` as a place content is
-    /// stored. Entries whose file no longer exists are dropped from memory.
-    pub fn open(db: &Path, own_target: &Path) -> Result<DedupIndex, StoreError> {
+    /// stored. Entries whose file no longer exists are dropped from memory. `new_session`:
+    /// the target is about to be overwritten, so entries pointing into it are dropped too.
+    pub fn open(db: &Path, own_target: &Path, new_session: bool) -> Result<DedupIndex, StoreError> {
         let own = std::fs::canonicalize(own_target).unwrap_or_else(|_| own_target.to_path_buf());
-        let loaded = store::load(db, &own)?;
+        let loaded = store::load(db, &own, new_session)?;
         let own_file = loaded.own_file;
         let mut map = HashMap::with_capacity(loaded.entries.len());
         let exists: Vec<bool> = loaded.paths.iter().map(|p| p.exists()).collect();
@@ -168,5 +169,52 @@ impl DedupIndex {
 impl Drop for DedupIndex {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_persist_and_a_new_session_forgets_its_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("index.sqlite");
+        let (ta, tb) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        std::fs::write(&ta, b"a").expect("write");
+        std::fs::write(&tb, b"b").expect("write");
+        let (d1, d2) = (digest(b"one"), digest(b"two"));
+        {
+            let a = DedupIndex::open(&db, &ta, true).expect("open a");
+            a.insert_own(d1, 0, 4096);
+            a.insert_own(d2, 4096, 4096);
+            assert_eq!(a.lookup(&d1, 4096).map(|l| l.offset), Some(0));
+            assert_eq!(a.lookup(&d1, 8192), None, "another chunk size misses");
+            a.close();
+        }
+        {
+            // Another volume's session sees a's entries, pointing into a's target.
+            let b = DedupIndex::open(&db, &tb, true).expect("open b");
+            let l = b.lookup(&d2, 4096).expect("shared entry");
+            assert_eq!(
+                b.paths()[l.file as usize],
+                std::fs::canonicalize(&ta).unwrap()
+            );
+            assert_eq!(b.announce(10).len(), 2 * DIGEST_LEN);
+            b.forget(&d2, l);
+            assert_eq!(b.lookup(&d2, 4096), None);
+            b.close();
+        }
+        {
+            let a = DedupIndex::open(&db, &ta, false).expect("resume a");
+            assert!(a.lookup(&d1, 4096).is_some(), "resume keeps entries");
+            assert!(a.lookup(&d2, 4096).is_none(), "forget was persisted");
+            a.close();
+        }
+        let a = DedupIndex::open(&db, &ta, true).expect("new session on a");
+        assert!(
+            a.is_empty(),
+            "a new session on the same target starts clean"
+        );
     }
 }

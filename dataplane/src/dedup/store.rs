@@ -93,8 +93,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-/// Reads the whole index and registers `own` (canonical path of this volume's target).
-pub(super) fn load(path: &Path, own: &Path) -> Result<Loaded, StoreError> {
+/// Reads the whole index and registers `own` (canonical path of this volume's target). With
+/// `forget_own`, entries pointing into `own` are dropped first: a new session is about to
+/// overwrite that target, so what an earlier session left there is no longer worth a lookup.
+pub(super) fn load(path: &Path, own: &Path, forget_own: bool) -> Result<Loaded, StoreError> {
     let c = connect(path)?;
     let own_str = own.to_string_lossy().into_owned();
     c.execute(
@@ -102,6 +104,17 @@ pub(super) fn load(path: &Path, own: &Path) -> Result<Loaded, StoreError> {
         params![own_str],
     )
     .map_err(sq(path))?;
+    if forget_own {
+        let n = c
+            .execute(
+                "DELETE FROM chunks WHERE file = (SELECT id FROM files WHERE path = ?1)",
+                params![own_str],
+            )
+            .map_err(sq(path))?;
+        if n > 0 {
+            tracing::info!(entries = n, target = %own.display(), "dedup entries of an earlier session on this target forgotten");
+        }
+    }
     // Database ids may have gaps; number the files densely for the dataplane.
     let mut ids: HashMap<i64, u32> = HashMap::new();
     let mut paths = Vec::new();

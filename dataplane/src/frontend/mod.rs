@@ -140,6 +140,7 @@ pub fn run(
             source,
         },
     )?;
+    let new_session = existing.is_none();
     let session = match existing {
         Some(s) => {
             if s.volume_size_bytes != info.size_bytes {
@@ -172,6 +173,7 @@ pub fn run(
         Some(db) => Some(Arc::new(crate::dedup::DedupIndex::open(
             db,
             &session.target,
+            new_session,
         )?)),
         None => None,
     };
