@@ -208,6 +208,65 @@ impl Proc {
         std::fs::write(&path, "5").with_context(|| format!("{}: write 5 to {path}", self.name))
     }
 
+    /// CPU time the child has used so far, user plus system, all threads, in seconds
+    /// (`utime + stime` from `/proc/PID/stat`). For servers, read while they still run.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: read {path}", self.name))?;
+        parse_stat_cpu_ticks(&text)
+            .map(|ticks| ticks as f64 / clock_ticks_per_s())
+            .ok_or_else(|| anyhow!("{}: no utime/stime in {path}: {text:?}", self.name))
+    }
+
+    /// Like [`Proc::finish`], and returns the CPU seconds (user plus system) the child and
+    /// any children it waited for used, from `wait4`'s rusage: exact for a client that
+    /// exits, where `/proc/PID/stat` would miss its last moments.
+    pub fn finish_with_cpu(&mut self, timeout: Duration) -> Result<f64> {
+        if self.exited.is_some() {
+            bail!(
+                "{}: already reaped, its CPU time is gone\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        let deadline = Instant::now() + timeout;
+        let pid = self.child.id() as libc::pid_t;
+        loop {
+            let mut status = 0;
+            // SAFETY: zeroed rusage is a valid value; wait4 writes into memory we own.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: waits only for our own, not yet reaped child.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+            if r == pid {
+                use std::os::unix::process::ExitStatusExt;
+                let st = ExitStatus::from_raw(status);
+                // Recorded so that try_exit (and Drop) never wait on a reaped pid.
+                self.exited = Some(st);
+                if !st.success() {
+                    bail!("{} failed ({st})\n{}", self.name, self.log_tail());
+                }
+                let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+                return Ok(secs(ru.ru_utime) + secs(ru.ru_stime));
+            }
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e).with_context(|| format!("wait4 for {}", self.name));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: still running after {timeout:?}\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
     /// The last lines of the child's log, for error messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log, 20)
@@ -231,6 +290,27 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// `utime + stime` in clock ticks from the text of `/proc/PID/stat`. The command name
+/// (field 2) is in parentheses and may hold spaces or `)`, so fields are counted from
+/// the last `)`: the state is field 3, utime field 14, stime field 15.
+fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// The last `n` lines of a log file, indented, with its path.
@@ -292,4 +372,32 @@ pub fn run_capture(cmd: &mut Command, timeout: Duration) -> Result<String> {
         bail!("{cmd:?} failed ({status}): {}", stderr.trim());
     }
     Ok(stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_fields() {
+        let stat =
+            "1234 (qemu-nbd (x) y) S 1 1234 1234 0 -1 4194560 500 0 0 0 17 4 0 0 20 0 3 0 99";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(21));
+        assert_eq!(parse_stat_cpu_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn rusage_of_an_exited_client() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut p = Proc::spawn(
+            "busy",
+            Command::new("sh").args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]),
+            &dir.path().join("log"),
+            false,
+        )?;
+        let cpu = p.finish_with_cpu(Duration::from_secs(60))?;
+        assert!(cpu > 0.0, "a busy loop used {cpu} s of CPU");
+        p.stop(); // must not touch the reaped pid
+        Ok(())
+    }
 }

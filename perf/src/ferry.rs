@@ -1,5 +1,6 @@
 //! Driving the `ferry` binary through its command line, as a user would.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -42,6 +43,22 @@ pub struct Status {
     pub fetched_bytes_background: u64,
     #[serde(default)]
     pub fetched_bytes_on_demand: u64,
+    #[serde(default)]
+    pub volume_size_bytes: u64,
+    /// Chunk payload bytes that crossed the wire (compressed size; 32 per dedup reference).
+    #[serde(default)]
+    pub wire_bytes: u64,
+    #[serde(default)]
+    pub zstd_chunks: u64,
+    /// Decompressed size of the zstd chunks.
+    #[serde(default)]
+    pub zstd_raw_bytes: u64,
+    #[serde(default)]
+    pub deduped_chunks: u64,
+    #[serde(default)]
+    pub deduped_bytes: u64,
+    #[serde(default)]
+    pub ref_misses: u64,
 }
 
 /// Where the `ferry` binary is: `--ferry`, else next to this benchmark when it is a
@@ -137,9 +154,20 @@ pub struct Ferry {
 impl Ferry {
     /// Starts `ferry backend` on a free loopback port; returns it with its address.
     pub fn start_backend(&self, source: &Path, log: &Path) -> Result<(Proc, String)> {
+        self.start_backend_with(source, log, &[])
+    }
+
+    /// [`Ferry::start_backend`] with more flags (e.g. `--fs-aware`).
+    pub fn start_backend_with(
+        &self,
+        source: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<(Proc, String)> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["backend", "--listen", "127.0.0.1:0", "--volume"])
-            .arg(format!("{VOLUME}={}", source.display()));
+            .arg(format!("{VOLUME}={}", source.display()))
+            .args(extra);
         if let Some(n) = self.tuning.backend_cores {
             cmd.arg("--cores").arg(n.to_string());
         }
@@ -159,6 +187,19 @@ impl Ferry {
         state_dir: &Path,
         socket: &Path,
         log: &Path,
+    ) -> Result<Proc> {
+        self.spawn_frontend_with(backend, target, state_dir, socket, log, &[])
+    }
+
+    /// [`Ferry::spawn_frontend`] with more flags (e.g. `--compress off`).
+    pub fn spawn_frontend_with(
+        &self,
+        backend: &str,
+        target: &Path,
+        state_dir: &Path,
+        socket: &Path,
+        log: &Path,
+        extra: &[OsString],
     ) -> Result<Proc> {
         let mut cmd = Command::new(&self.bin);
         cmd.args([
@@ -187,6 +228,7 @@ impl Ferry {
         if let Some(n) = t.background_in_flight {
             cmd.arg("--background-in-flight").arg(n.to_string());
         }
+        cmd.args(extra);
         Proc::spawn("ferry frontend", &mut cmd, log, true)
     }
 

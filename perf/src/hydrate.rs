@@ -152,7 +152,10 @@ pub fn ferry_round(
     ))
 }
 
-fn wait_hydrated(
+/// Polls `ferry status` every [`POLL`] until `chunks_untouched == 0`; returns the time
+/// since `t0` and that status. Fails when the frontend exits, progress stalls for
+/// [`STALL`], or `timeout` passes.
+pub fn wait_hydrated(
     ferry: &Ferry,
     frontend: &mut Proc,
     state_dir: &Path,

@@ -4,6 +4,8 @@
 //! fio's sequential O_DIRECT read of the source and write of a target-like file;
 //! (b) serving the fully migrated volume against qemu-nbd serving the same file, with
 //! fio's nbd engine, latency percentiles from every IO; (c) peak RSS of each server.
+//! `ferry-perf wan` is a separate mode: a realistic volume migrated over an emulated WAN
+//! link, against nbdcopy and `qemu-img convert` ([`wan_bench`]).
 //! The machine may be shared and noisy, so every measurement is repeated, interleaved
 //! with its peer, and reported as a median and a ratio to that peer.
 //!
@@ -18,9 +20,11 @@ mod hydrate;
 mod latency;
 mod qemu_nbd;
 mod report;
+mod results_file;
 mod serve;
 mod source;
 mod system;
+mod wan_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,7 +32,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::ferry::{Ferry, Tuning};
 use crate::fio::shell_quote;
@@ -43,9 +47,14 @@ const MIB: u64 = 1 << 20;
     name = "ferry-perf",
     about = "Benchmarks Ferry against fio and qemu-nbd in one run and reports ratios",
     after_help = "Needs root (to drop the page cache), fio with the nbd engine, qemu-nbd, and a release \
-                  build of ferry: `cargo build --release && cargo run --release -p ferry-perf -- --results perf/RESULTS.md`"
+                  build of ferry: `cargo build --release && cargo run --release -p ferry-perf -- --results perf/RESULTS.md`. \
+                  `ferry-perf wan --help` describes the WAN migration benchmark.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Without a mode: the hydration, serving and memory benchmark.
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Volume size (K, M, G suffixes; binary units). Default 2G, or 256M with --quick.
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
@@ -85,6 +94,20 @@ struct Cli {
     /// Keep the volume, target and fio files in --dir (logs are always kept).
     #[arg(long)]
     keep: bool,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Migrate a realistic ext4 volume over emulated WAN links: ferry (compression auto and
+    /// off) against nbdcopy and qemu-img convert; time, wire bytes, CPU, ratios.
+    Wan(wan_bench::WanArgs),
+}
+
+/// Ferry's tuning flags, passed through to `ferry frontend` / `ferry backend`.
+#[derive(Args, Debug, Clone)]
+struct TuningArgs {
     /// Passed to `ferry frontend --chunk-size`.
     #[arg(long)]
     chunk_size: Option<String>,
@@ -100,6 +123,18 @@ struct Cli {
     /// Passed to `ferry frontend --background-in-flight`.
     #[arg(long)]
     background_in_flight: Option<usize>,
+}
+
+impl From<TuningArgs> for Tuning {
+    fn from(t: TuningArgs) -> Tuning {
+        Tuning {
+            chunk_size: t.chunk_size,
+            frontend_cores: t.frontend_cores,
+            backend_cores: t.backend_cores,
+            batch_chunks: t.batch_chunks,
+            background_in_flight: t.background_in_flight,
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -133,6 +168,11 @@ pub fn warn(msg: &str) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(msg.to_string());
+}
+
+/// The warnings so far, for the report.
+fn warnings() -> Vec<String> {
+    WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Progress goes to stderr so stdout carries only the report.
@@ -183,6 +223,25 @@ fn mib_s(b: f64) -> String {
     format!("{:.0} MiB/s", b / MIB as f64)
 }
 
+/// Finds the ferry binary and warns about what would make its numbers mean little.
+fn open_ferry(explicit: Option<&Path>, tuning: Tuning) -> Result<Ferry> {
+    let bin = ferry::locate(explicit)?;
+    progress(&format!("ferry binary: {}", bin.display()));
+    if let Some(newer) = ferry::newer_source_than(&bin) {
+        warn(&format!(
+            "{} is newer than the ferry binary; rebuild (cargo build --release) unless that is intended",
+            newer.display()
+        ));
+    }
+    if bin.components().any(|c| c.as_os_str() == "debug") {
+        warn(&format!(
+            "{} looks like a debug build; its numbers mean little",
+            bin.display()
+        ));
+    }
+    Ok(Ferry { bin, tuning })
+}
+
 fn run(cli: Cli) -> Result<Report> {
     START.get_or_init(Instant::now);
     system::require_tool("fio", "fio")?;
@@ -193,28 +252,7 @@ fn run(cli: Cli) -> Result<Report> {
     let ferry = if cli.without_ferry {
         None
     } else {
-        let bin = ferry::locate(cli.ferry.as_deref())?;
-        progress(&format!("ferry binary: {}", bin.display()));
-        if let Some(newer) = ferry::newer_source_than(&bin) {
-            warn(&format!(
-"{} is newer than the ferry binary; rebuild (cargo build --release) unless that is intended",
-                newer.display()
-            ));
-        }
-        if bin.components().any(|c| c.as_os_str() == "debug") {
-            warn(&format!(
-                "{} looks like a debug build; its numbers mean little",
-                bin.display()
-            ));
-        }
-        let tuning = Tuning {
-            chunk_size: cli.chunk_size.clone(),
-            frontend_cores: cli.frontend_cores,
-            backend_cores: cli.backend_cores,
-            batch_chunks: cli.batch_chunks,
-            background_in_flight: cli.background_in_flight,
-        };
-        Some(Ferry { bin, tuning })
+        Some(open_ferry(cli.ferry.as_deref(), cli.tuning.clone().into())?)
     };
 
     let size_bytes = cli
@@ -441,7 +479,7 @@ fn run(cli: Cli) -> Result<Report> {
         serving,
         memory: mem,
         verdicts,
-        warnings: WARNINGS.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        warnings: warnings(),
     })
 }
 
@@ -454,7 +492,17 @@ fn served_file_note(cli: &Cli) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Mode::Wan(args)) = cli.mode.take() {
+        START.get_or_init(Instant::now);
+        return match wan_bench::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry-perf: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let json = cli.json;
     let results = cli.results.clone();
     match run(cli) {

@@ -6,7 +6,12 @@
 //! was built without io_uring), `--shared=8` so fio and readiness probes can connect,
 //! `--persistent` so it survives a client's disconnect. The command actually used is
 //! recorded in the report.
+//!
+//! The WAN benchmark also uses it as the *source* server of nbdcopy and `qemu-img
+//! convert`: `--read-only` on TCP 127.0.0.1 behind the emulator. Read-only exports
+//! advertise multi-conn, and `--shared=8` lets nbdcopy open its 4 connections.
 
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
@@ -27,12 +32,29 @@ pub struct QemuNbd {
     pub command_line: String,
 }
 
-fn args(aio: &str, file: &Path, socket: &Path) -> Vec<String> {
-    vec![
-        "-f".into(),
-        "raw".into(),
-        "-k".into(),
-        socket.display().to_string(),
+/// Where qemu-nbd listens.
+#[derive(Clone, Copy)]
+pub enum Listen<'a> {
+    Unix(&'a Path),
+    /// 127.0.0.1 on this port.
+    Tcp(u16),
+}
+
+fn args(aio: &str, file: &Path, listen: Listen, read_only: bool) -> Vec<String> {
+    let mut a: Vec<String> = vec!["-f".into(), "raw".into()];
+    if read_only {
+        a.push("--read-only".into());
+    }
+    match listen {
+        Listen::Unix(socket) => a.extend(["-k".into(), socket.display().to_string()]),
+        Listen::Tcp(port) => a.extend([
+            "-b".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ]),
+    }
+    a.extend([
         "-x".into(),
         VOLUME.into(),
         "--persistent".into(),
@@ -40,15 +62,31 @@ fn args(aio: &str, file: &Path, socket: &Path) -> Vec<String> {
         "--cache=none".into(),
         format!("--aio={aio}"),
         file.display().to_string(),
-    ]
+    ]);
+    a
+}
+
+fn accepts(listen: Listen) -> bool {
+    match listen {
+        Listen::Unix(socket) => UnixStream::connect(socket).is_ok(),
+        Listen::Tcp(port) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    }
 }
 
 /// Starts qemu-nbd on `file` and waits until its socket accepts connections.
 pub fn start(file: &Path, socket: &Path, log: &Path) -> Result<QemuNbd> {
+    start_on(file, Listen::Unix(socket), false, log)
+}
+
+/// Starts qemu-nbd on `file`, listening on `listen` (`--read-only` if asked), and waits
+/// until it accepts connections.
+pub fn start_on(file: &Path, listen: Listen, read_only: bool, log: &Path) -> Result<QemuNbd> {
     let mut failures = Vec::new();
     for aio in AIO_MODES {
-        let _ = std::fs::remove_file(socket);
-        let a = args(aio, file, socket);
+        if let Listen::Unix(socket) = listen {
+            let _ = std::fs::remove_file(socket);
+        }
+        let a = args(aio, file, listen, read_only);
         let mut p = Proc::spawn(
             &format!("qemu-nbd --aio={aio}"),
             Command::new("qemu-nbd").args(&a),
@@ -60,13 +98,16 @@ pub fn start(file: &Path, socket: &Path, log: &Path) -> Result<QemuNbd> {
             if let Err(e) = p.check_alive() {
                 break Err(e);
             }
-            if UnixStream::connect(socket).is_ok() {
+            if accepts(listen) {
                 break Ok(());
             }
             if Instant::now() >= deadline {
+                let at = match listen {
+                    Listen::Unix(socket) => socket.display().to_string(),
+                    Listen::Tcp(port) => format!("127.0.0.1:{port}"),
+                };
                 break Err(anyhow::anyhow!(
-                    "qemu-nbd socket {} not accepting after {READY_TIMEOUT:?}",
-                    socket.display()
+                    "qemu-nbd at {at} not accepting after {READY_TIMEOUT:?}"
                 ));
             }
             thread::sleep(Duration::from_millis(20));

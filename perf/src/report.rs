@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::ferry::Tuning;
@@ -439,14 +439,12 @@ impl Report {
         o
     }
 
-    /// Rewrites the results section of `path`, keeping everything up to the marker.
+    /// Rewrites the results section of `path`, keeping everything up to the marker and
+    /// the WAN block after it (see [`crate::results_file`]).
     pub fn write_results(&self, path: &Path) -> Result<()> {
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let head = match old.find(RESULTS_MARKER) {
-            Some(i) => old[..i].to_string(),
-            None => RESULTS_HEADER.to_string(),
-        };
-        let text = format!("{head}{RESULTS_MARKER}\n\n{}", self.markdown());
-        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+        let body = self.markdown();
+        crate::results_file::rewrite(path, |old| {
+            crate::results_file::with_main_results(old, &body)
+        })
     }
 }

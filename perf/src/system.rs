@@ -107,7 +107,8 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim().to_string()
 }
 
-fn version(tool: &str) -> String {
+/// The first line of `TOOL --version`, or why there is none.
+pub fn version(tool: &str) -> String {
     run_capture(Command::new(tool).arg("--version"), Duration::from_secs(10))
         .map(|s| first_line(&s))
         .unwrap_or_else(|e| format!("unknown ({e})"))
