@@ -138,24 +138,7 @@ impl From<TuningArgs> for Tuning {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, shift) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 20),
-        Some('G' | 'g') => (&t[..t.len() - 1], 30),
-        Some('T' | 't') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a size like 2G, 256M or 1048576"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?}: too large"))
+    ferry_perf::wan::parse_bytes(s)
 }
 
 static START: OnceLock<Instant> = OnceLock::new();

@@ -861,20 +861,7 @@ pub fn encode_chunk_zstd_prefix(
     fixed[4..12].copy_from_slice(&chunk.to_be_bytes());
     fixed[12..16].copy_from_slice(&raw_len.to_be_bytes());
     fixed[16..20].copy_from_slice(&raw_crc.to_be_bytes());
-    // Cannot exceed MAX_PAYLOAD: data <= MAX_DATA_LEN was checked above.
-    let payload_len = (ZSTD_PREFIX_LEN + data.len()) as u32;
-    let kind = Kind::ChunkZstd;
-    let mut crc = crc32c::crc32c(&covered_prefix(kind, id, payload_len));
-    crc = crc32c::crc32c_append(crc, &fixed);
-    crc = crc32c::crc32c_append(crc, data);
-    let h = Header {
-        kind,
-        id,
-        payload_len,
-        crc,
-    };
-    out.extend_from_slice(&h.encode());
-    out.extend_from_slice(&fixed);
+    write_prefix(Kind::ChunkZstd, id, &fixed, data, out);
     Ok(())
 }
 
@@ -890,10 +877,18 @@ fn encode_bulk_prefix(
     let mut fixed = [0u8; BULK_PREFIX_LEN];
     fixed[..4].copy_from_slice(&handle.to_be_bytes());
     fixed[4..].copy_from_slice(&position.to_be_bytes());
-    // Cannot exceed MAX_PAYLOAD: data <= MAX_DATA_LEN was checked above.
-    let payload_len = (BULK_PREFIX_LEN + data.len()) as u32;
+    write_prefix(kind, id, &fixed, data, out);
+    Ok(())
+}
+
+/// Header (crc over `fixed` and `data`) and `fixed` into `out`; the caller sends `data` after.
+/// `data.len() <= MAX_DATA_LEN` must have been checked: with at most 20 fixed bytes the payload
+/// then fits MAX_PAYLOAD.
+fn write_prefix(kind: Kind, id: u64, fixed: &[u8], data: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(data.len() <= MAX_DATA_LEN && fixed.len() <= ZSTD_PREFIX_LEN);
+    let payload_len = (fixed.len() + data.len()) as u32;
     let mut crc = crc32c::crc32c(&covered_prefix(kind, id, payload_len));
-    crc = crc32c::crc32c_append(crc, &fixed);
+    crc = crc32c::crc32c_append(crc, fixed);
     crc = crc32c::crc32c_append(crc, data);
     let h = Header {
         kind,
@@ -902,8 +897,7 @@ fn encode_bulk_prefix(
         crc,
     };
     out.extend_from_slice(&h.encode());
-    out.extend_from_slice(&fixed);
-    Ok(())
+    out.extend_from_slice(fixed);
 }
 
 /// Incremental decode from the front of a byte buffer.
