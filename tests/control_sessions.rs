@@ -168,6 +168,8 @@ fn pid_alive(pid: u64) -> bool {
 struct Env {
     dir: tempfile::TempDir,
     backend_addr: String,
+    /// HOST:PORT of the backend's Prometheus endpoint: what it put on the wire, per class.
+    backend_metrics: String,
     socket: PathBuf,
     data: PathBuf,
     daemon: Option<Proc>,
@@ -188,6 +190,8 @@ impl Env {
             "127.0.0.1:0".into(),
             "--cores".into(),
             "1".into(),
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
         ];
         for (i, (v, mib)) in volumes.iter().enumerate() {
             let p = dir.path().join(format!("{v}.src"));
@@ -198,6 +202,11 @@ impl Env {
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut backend = Proc::spawn("backend", &argv, dir.path());
+        let metrics = backend.wait_line("ferry backend metrics on http://");
+        let backend_metrics = metrics
+            .trim_start_matches("ferry backend metrics on http://")
+            .trim_end_matches("/metrics")
+            .to_string();
         let line = backend.wait_line("ferry backend listening on ");
         let backend_addr = line.rsplit(' ').next().unwrap_or("").to_string();
         let mut env = Env {
@@ -205,6 +214,7 @@ impl Env {
             data: dir.path().join("data"),
             dir,
             backend_addr,
+            backend_metrics,
             daemon: None,
             _backend: backend,
             frontends: Vec::new(),
@@ -465,7 +475,13 @@ fn create_start_pause_resume_cutover() {
         "{v}"
     );
 
-    // Pause: no background bytes for 2 s (after the requests already in flight land).
+    // Pause: no background bytes for 2 s (after the requests already in flight land). Let
+    // background traffic start first, or "nothing moved" would prove nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bg_bytes(&env.session(&id)) == 0 {
+        assert!(Instant::now() < deadline, "background never started");
+        thread::sleep(Duration::from_millis(50));
+    }
     let s = env.ok("POST", &format!("/v1/sessions/{id}/pause"), None);
     assert_eq!(s["state"], "paused");
     thread::sleep(Duration::from_millis(1000));
@@ -474,12 +490,24 @@ fn create_start_pause_resume_cutover() {
         untouched(&before) > 0,
         "paused too late to measure: {before}"
     );
+    let wire_before = backend_wire_bytes(&env.backend_metrics, "background");
     thread::sleep(Duration::from_secs(2));
     let after = env.session(&id);
+    let wire_after = backend_wire_bytes(&env.backend_metrics, "background");
     assert_eq!(
         bg_bytes(&before),
         bg_bytes(&after),
         "background moved while paused"
+    );
+    // Measured on the wire too: the backend sent no background chunk bytes in those 2 s.
+    assert!(
+        wire_before > 0.0,
+        "background sent nothing before the pause: frontend says {} background bytes",
+        bg_bytes(&before)
+    );
+    assert_eq!(
+        wire_before, wire_after,
+        "the backend sent background bytes while paused"
     );
     assert_eq!(after["state"], "paused");
 
@@ -700,4 +728,21 @@ fn bad_input_is_4xx_and_tcp_needs_the_token() {
         .expect("second daemon");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another ferry control"));
+}
+
+/// `ferry_backend_wire_bytes_total{class=...}` scraped from the backend's `/metrics`.
+fn backend_wire_bytes(addr: &str, class: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to backend metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .expect("send scrape");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read scrape");
+    let key = format!("ferry_backend_wire_bytes_total{{class=\"{class}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{key} not in the scrape:\n{text}"))
 }

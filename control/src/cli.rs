@@ -23,11 +23,12 @@ use crate::size::{human, parse_size};
     about = "Live block-volume migration over NBD on an io_uring dataplane"
 )]
 struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr: `text` for people, `json` (one object per line) for collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log filter (tracing syntax), e.g. `info`, `debug`, `dataplane=debug`. Overrides RUST_LOG.
-    #[arg(long, global = true)]
+    /// Log level or filter (tracing syntax): `error`, `warn`, `info` (default), `debug`,
+    /// `trace`, or per module, e.g. `info,dataplane::frontend=debug`. Overrides RUST_LOG.
+    #[arg(long = "log-level", visible_alias = "log", global = true)]
     log: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -59,10 +60,21 @@ enum Command {
     Control(ctl::cli::ControlArgs),
     /// Drive migration sessions through the control daemon.
     Migrate(ctl::cli::MigrateArgs),
+    /// Inspect access-pattern recordings (`ferry frontend --record FILE`).
+    #[command(subcommand)]
+    Recording(crate::recording::RecordingCommand),
 }
 
 #[derive(Args, Debug)]
 struct BackendArgs {
+    /// TOML file setting any of these flags, keyed by long name (`listen = "10.0.0.5:10810"`,
+    /// `volume = ["db=/dev/vg0/db"]`, `fs-aware = true`); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; port 0 picks one). No
+    /// authentication: keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Address to listen on for frontends. Defaults to loopback; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:10810")]
     listen: String,
@@ -81,6 +93,14 @@ struct BackendArgs {
 
 #[derive(Args, Debug)]
 struct FrontendArgs {
+    /// TOML file setting any of these flags, keyed by long name (`background-rate = "100M"`,
+    /// `chunk-size = "64K"`, `no-dedup = true`); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; port 0 picks one). No
+    /// authentication: keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Backend address (HOST:PORT).
     #[arg(long)]
     backend: String,
@@ -129,6 +149,10 @@ struct FrontendArgs {
     /// No dedup: every chunk is sent as data.
     #[arg(long, conflicts_with = "dedup_index")]
     no_dedup: bool,
+    /// Record every request the export serves (time, offset, length, kind) into FILE, a new
+    /// SQLite file tied to the volume's size and ext4 UUID (`ferry recording info FILE`).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,7 +273,15 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let argv = match crate::config::expand(&Cli::command(), std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_logging(cli.log_format, cli.log.as_deref());
     match run(cli.command) {
         Ok(code) => code,
@@ -284,16 +316,37 @@ fn cores(n: Option<usize>) -> usize {
     })
 }
 
+fn note_config(file: Option<&std::path::Path>) {
+    if let Some(f) = file {
+        tracing::info!(file = %f.display(), "flags read from the config file (command line wins)");
+    }
+}
+
+/// Binds the metrics listener (so a bad address fails at once) and says where it is.
+fn metrics_listener(
+    role: &str,
+    addr: Option<&str>,
+) -> Result<Option<std::sync::Arc<std::net::TcpListener>>> {
+    let Some(a) = addr else { return Ok(None) };
+    let addr = resolve(a).map_err(|e| anyhow!("--metrics {e}"))?;
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}"))?;
+    println!("ferry {role} metrics on http://{}/metrics", l.local_addr()?);
+    Ok(Some(std::sync::Arc::new(l)))
+}
+
 fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Backend(a) => {
+            note_config(a.config.as_deref());
             let listen = resolve(&a.listen).map_err(|e| anyhow!(e))?;
+            let metrics = metrics_listener("backend", a.metrics.as_deref())?;
             backend::run(
                 BackendConfig {
                     listen,
                     volumes: a.volumes,
                     cores: cores(a.cores),
                     fs_aware: a.fs_aware,
+                    metrics,
                 },
                 |addr| {
                     println!("ferry backend listening on {addr}");
@@ -302,7 +355,9 @@ fn run(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Frontend(a) => {
+            note_config(a.config.as_deref());
             let backend = resolve(&a.backend).map_err(|e| anyhow!(e))?;
+            let metrics = metrics_listener("frontend", a.metrics.as_deref())?;
             let dedup_index = if a.no_dedup {
                 None
             } else {
@@ -328,6 +383,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 },
                 compress: a.compress == Compress::Auto,
                 dedup_index,
+                metrics,
+                record: a.record,
             };
             let name = a.volume;
             let outcome = frontend::run(cfg, move |spec| {
@@ -350,6 +407,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             let req = AdminRequest {
                 cmd: "abort".into(),
                 background_rate_bytes_per_s: None,
+                ..Default::default()
             };
             match admin_client::request(&a.state_dir, &req, None)? {
                 Some(r) if r.ok => {
@@ -371,6 +429,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             let req = AdminRequest {
                 cmd: "set-rate".into(),
                 background_rate_bytes_per_s: a.background_rate.0,
+                ..Default::default()
             };
             match admin_client::request(&a.dir.state_dir, &req, Some(Duration::from_secs(30)))? {
                 Some(r) if r.ok => {
@@ -384,6 +443,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Demo(a) => crate::demo::run(a),
         Command::Control(a) => ctl::cli::run_control(a),
         Command::Migrate(a) => ctl::cli::run_migrate(a),
+        Command::Recording(c) => crate::recording::run(c),
     }
 }
 
@@ -391,6 +451,7 @@ pub fn current_status(dir: &std::path::Path) -> Result<Status> {
     let req = AdminRequest {
         cmd: "status".into(),
         background_rate_bytes_per_s: None,
+        ..Default::default()
     };
     match admin_client::request(dir, &req, Some(Duration::from_secs(30)))? {
         Some(r) if r.ok => r
@@ -409,6 +470,7 @@ fn cutover(a: &CutoverArgs) -> Result<ExitCode> {
         let req = AdminRequest {
             cmd: "cutover".into(),
             background_rate_bytes_per_s: None,
+            ..Default::default()
         };
         match admin_client::request(dir, &req, None)? {
             Some(r) if r.ok => {

@@ -377,6 +377,7 @@ fn run_in(args: &DemoArgs, dir: &Path) -> Result<ExitCode> {
     let req = dataplane::frontend::admin::AdminRequest {
         cmd: "cutover".into(),
         background_rate_bytes_per_s: None,
+        ..Default::default()
     };
     let reply = crate::admin_client::request(&state, &req, None)?
         .ok_or_else(|| anyhow!("frontend is gone"))?;

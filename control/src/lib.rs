@@ -3,7 +3,9 @@
 
 pub mod admin_client;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod nbd_client;
+pub mod recording;
 pub mod sample;
 pub mod size;

@@ -13,6 +13,7 @@ pub fn req(cmd: &str, rate: Option<u64>) -> AdminRequest {
     AdminRequest {
         cmd: cmd.into(),
         background_rate_bytes_per_s: rate,
+        ..AdminRequest::default()
     }
 }
 

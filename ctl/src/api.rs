@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Path, Request, State as AxState};
+use axum::extract::{FromRequest, Path, Query, Request, State as AxState};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,7 @@ use crate::state::Action;
 /// the document and asks the router for each entry.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/metrics"),
     ("GET", "/v1/sessions"),
     ("POST", "/v1/sessions"),
     ("GET", "/v1/sessions/{id}"),
@@ -35,11 +36,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/sessions/{id}/resume"),
     ("POST", "/v1/sessions/{id}/cutover"),
     ("POST", "/v1/sessions/{id}/abort"),
+    ("GET", "/v1/sessions/{id}/map"),
 ];
 
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/sessions", get(list).post(create))
         .route("/v1/sessions/{id}", get(show).delete(delete))
         .route("/v1/sessions/{id}/start", post(start))
@@ -47,6 +50,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/sessions/{id}/resume", post(resume))
         .route("/v1/sessions/{id}/cutover", post(cutover))
         .route("/v1/sessions/{id}/abort", post(abort))
+        .route("/v1/sessions/{id}/map", get(map))
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .with_state(d)
@@ -109,6 +113,35 @@ type Answer = Result<Response, ApiError>;
 
 async fn health() -> Json<Value> {
     Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// Prometheus text: sessions per state and each running session's progress.
+async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Answer {
+    let sessions = d.db.call(|s| s.list()).await?;
+    let text = crate::metrics::render(&sessions);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct MapQuery {
+    cells: Option<u32>,
+}
+
+/// `?cells=N`: chunk states counted per cell (N clamped to 1..=4096; default 256).
+async fn map(
+    AxState(d): AxState<Arc<Daemon>>,
+    Path(id): Path<String>,
+    q: Result<Query<MapQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok(Json(ops::map(&d, &id, q.cells.unwrap_or(256)).await?).into_response())
 }
 
 async fn list(AxState(d): AxState<Arc<Daemon>>) -> Answer {

@@ -20,6 +20,10 @@ const DEFAULT_SOCKET: &str = "/run/ferry/control.sock";
 
 #[derive(Args, Debug)]
 pub struct ControlArgs {
+    /// TOML file setting any of these flags, keyed by long name (`data-dir = "/var/lib/..."`,
+    /// `poll-ms = 500`); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Unix socket to serve the API on (mode 0600).
     #[arg(long, env = "FERRY_CONTROL_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -40,6 +44,9 @@ pub struct ControlArgs {
 }
 
 pub fn run_control(a: ControlArgs) -> Result<ExitCode> {
+    if let Some(f) = &a.config {
+        tracing::info!(file = %f.display(), "flags read from the config file (command line wins)");
+    }
     let data_dir = std::path::absolute(&a.data_dir).unwrap_or(a.data_dir);
     daemon::run(ControlConfig {
         socket: a.socket,
@@ -83,8 +90,8 @@ enum MigrateCommand {
     Cutover(IdArg),
     /// Send every write back to the source; the source is the disk again.
     Abort(IdArg),
-    /// One session's state and progress.
-    Status(IdArg),
+    /// One session's state and progress; `--watch` follows it live, `--map` draws its map.
+    Status(StatusArgs),
     /// Every session.
     List,
     /// Forget a finished (or never started) session; the target is left alone.
@@ -95,6 +102,31 @@ enum MigrateCommand {
 struct IdArg {
     /// Session id (from `create` or `list`).
     id: String,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Session id (from `create` or `list`).
+    id: String,
+    /// Follow the session: a progress line (% done, ETA, on-demand and background rates,
+    /// bytes saved by zero chunks, dedup and compression, data not yet durable) every
+    /// interval, redrawn in place on a terminal; ends when the session is ready, completed,
+    /// aborted or failed.
+    #[arg(long, conflicts_with = "map")]
+    watch: bool,
+    /// Poll interval for --watch, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+    interval_ms: u64,
+    /// Draw the volume map: a terminal strip, one coloured block per group of chunks
+    /// (untouched, present, dirty, zero), and a legend.
+    #[arg(long)]
+    map: bool,
+    /// With --map: also write the map as an SVG picture to FILE.
+    #[arg(long, value_name = "FILE", requires = "map")]
+    svg: Option<PathBuf>,
+    /// With --map: how many groups of chunks (1 to 4096; the strip shows 64 per row).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    cells: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -197,6 +229,8 @@ pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
         MigrateCommand::Resume(i) => ("POST", format!("/v1/sessions/{}/resume", i.id), None),
         MigrateCommand::Cutover(i) => ("POST", format!("/v1/sessions/{}/cutover", i.id), None),
         MigrateCommand::Abort(i) => ("POST", format!("/v1/sessions/{}/abort", i.id), None),
+        MigrateCommand::Status(st) if st.watch => return watch(&ep, st, json),
+        MigrateCommand::Status(st) if st.map => return draw_map(&ep, st, json),
         MigrateCommand::Status(i) => ("GET", format!("/v1/sessions/{}", i.id), None),
         MigrateCommand::List => ("GET", "/v1/sessions".to_string(), None),
         MigrateCommand::Delete(i) => ("DELETE", format!("/v1/sessions/{}", i.id), None),
@@ -233,6 +267,108 @@ pub fn run_migrate(a: MigrateArgs) -> Result<ExitCode> {
         _ => {
             let s: Session = serde_json::from_value(ans.body).context("the daemon's session")?;
             print_session(&s);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn api_error(ans: crate::client::Answer, json: bool) -> Result<ExitCode> {
+    if json {
+        let mut b = ans.body;
+        if let Some(o) = b.as_object_mut() {
+            o.insert("http_status".into(), json!(ans.status));
+        }
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else {
+        let msg = ans.body["error"].as_str().unwrap_or("request failed");
+        eprintln!("ferry: {msg} (HTTP {})", ans.status);
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `status --watch`: polls the session until it reaches an end state.
+fn watch(ep: &Endpoint, a: &StatusArgs, json: bool) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal() && !json;
+    let start = std::time::Instant::now();
+    let mut w = crate::watch::Watch::default();
+    let path = format!("/v1/sessions/{}", a.id);
+    let mut out = std::io::stdout();
+    loop {
+        let ans = ep.call("GET", &path, None, Duration::from_secs(60))?;
+        if ans.status >= 300 {
+            if tty {
+                println!();
+            }
+            return api_error(ans, json);
+        }
+        let s: Session =
+            serde_json::from_value(ans.body.clone()).context("the daemon's session")?;
+        let state = s.state.name().to_string();
+        if json {
+            println!("{}", serde_json::to_string(&ans.body)?);
+        } else {
+            let line = w.line(crate::watch::Sample {
+                at_ms: start.elapsed().as_millis() as u64,
+                state: state.clone(),
+                status: s.progress.clone(),
+            });
+            let shown = if tty {
+                // Return to the line start and clear it: the line is redrawn in place.
+                write!(out, "\r\x1b[2K{line}")
+            } else {
+                writeln!(out, "{line}")
+            };
+            match shown.and_then(|_| out.flush()) {
+                // The reader went away (`| head`): nothing left to show.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS)
+                }
+                r => r?,
+            }
+        }
+        if crate::watch::is_end(&state) {
+            if tty {
+                println!();
+            }
+            if let Some(r) = s.failure_reason.filter(|_| state == "failed") {
+                eprintln!("ferry: session failed: {r}");
+                return Ok(ExitCode::FAILURE);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(a.interval_ms));
+    }
+}
+
+/// `status --map [--svg FILE]`.
+fn draw_map(ep: &Endpoint, a: &StatusArgs, json: bool) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let path = format!("/v1/sessions/{}/map?cells={}", a.id, a.cells);
+    let ans = ep.call("GET", &path, None, Duration::from_secs(60))?;
+    if ans.status >= 300 {
+        return api_error(ans, json);
+    }
+    let m: dataplane::map::cells::MapCells =
+        serde_json::from_value(ans.body.clone()).context("the daemon's map")?;
+    if let Some(file) = &a.svg {
+        let title = format!(
+            "session {}: {} chunks of {}, {:.1} per cell",
+            a.id,
+            m.chunks_total,
+            human(u64::from(m.chunk_size_bytes)),
+            m.chunks_total as f64 / m.cells.len().max(1) as f64
+        );
+        std::fs::write(file, crate::mapview::svg(&m, &title))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&ans.body)?);
+    } else {
+        let color = std::io::stdout().is_terminal();
+        print!("{}", crate::mapview::heat_strip(&m, 64, color));
+        if let Some(file) = &a.svg {
+            println!("map written to {}", file.display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -88,6 +88,39 @@ pub async fn show(d: &Daemon, id: &str) -> Result<Session, ApiError> {
     Ok(s)
 }
 
+/// The session's map: from its frontend while one answers, else from its state dir.
+pub async fn map(
+    d: &Daemon,
+    id: &str,
+    cells: u32,
+) -> Result<dataplane::map::cells::MapCells, ApiError> {
+    let s = load(d, id).await?;
+    if s.state == State::Created {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the session has no map before it starts (start it first)",
+        )
+        .with("state", json!(s.state.name())));
+    }
+    let sup = d.sup.clone();
+    let copy = s.clone();
+    if s.state.has_frontend() {
+        if let Ok(Some(m)) = blocking(move || sup.map(&copy, cells)).await? {
+            return Ok(m);
+        }
+    }
+    let dir = s.state_dir().to_path_buf();
+    blocking(move || status::offline_map(&dir, cells))
+        .await?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("no map for this session: {e}"),
+            )
+            .with("state", json!(s.state.name()))
+        })
+}
+
 pub async fn delete(d: &Daemon, id: &str) -> Result<(), ApiError> {
     let lock = d.lock_of(id);
     let _g = lock.lock().await;

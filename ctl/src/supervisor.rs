@@ -57,6 +57,21 @@ impl Supervisor {
         Ok(r.and_then(|r| r.status))
     }
 
+    /// The frontend's live map if one answers for `s`; `Ok(None)` if none runs.
+    pub fn map(
+        &self,
+        s: &Session,
+        cells: u32,
+    ) -> std::io::Result<Option<dataplane::map::cells::MapCells>> {
+        let req = dataplane::frontend::admin::AdminRequest {
+            cmd: "map".into(),
+            cells: Some(cells),
+            ..Default::default()
+        };
+        let r = admin::request(s.state_dir(), &req, STATUS_TIMEOUT)?;
+        Ok(r.and_then(|r| r.map))
+    }
+
     pub fn liveness(&self, s: &Session) -> Liveness {
         match self.status(s) {
             Ok(Some(st)) => Liveness::Answering(Box::new(st)),

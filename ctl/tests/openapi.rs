@@ -171,6 +171,12 @@ fn examples_fit_their_schemas() -> TestResult {
         }
     }
     for (what, r) in responses {
+        // Text answers (Prometheus metrics) need a string example.
+        if let Some(text) = r["content"].get("text/plain") {
+            assert!(text["example"].is_string(), "{what}: no text example");
+            checked += 1;
+            continue;
+        }
         let media = &r["content"]["application/json"];
         let schema = &media["schema"];
         let mut examples: Vec<Value> = media.get("example").cloned().into_iter().collect();
@@ -206,6 +212,19 @@ async fn real_answers_fit_the_schemas() -> TestResult {
     check(&doc, &schemas["SessionList"], &v, "list")?;
     let (_, v) = json(&a, "GET", &format!("/v1/sessions/{id}"), "").await?;
     check(&doc, &schemas["Session"], &v, "get")?;
+    let (status, v) = json(&a, "GET", "/metrics", "").await?;
+    assert_eq!(status, 200);
+    let text = v.as_str().ok_or("metrics are not text")?;
+    assert!(
+        text.contains("# TYPE ferry_control_sessions gauge\n")
+            && text.contains("ferry_control_sessions{state=\"created\"} 1\n"),
+        "{text}"
+    );
+    let (status, v) = json(&a, "GET", &format!("/v1/sessions/{id}/map?cells=8"), "").await?;
+    assert_eq!(status, 409, "no map before start: {v}");
+    check(&doc, &schemas["Error"], &v, "map 409")?;
+    let (status, _) = json(&a, "GET", &format!("/v1/sessions/{id}/map?cells=x"), "").await?;
+    assert_eq!(status, 400);
     let (status, v) = json(&a, "POST", &format!("/v1/sessions/{id}/cutover"), "").await?;
     assert_eq!(status, 409);
     check(&doc, &schemas["Error"], &v, "409")?;

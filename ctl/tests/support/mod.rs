@@ -42,8 +42,15 @@ pub async fn send(
     let req = b.body(Body::from(body.to_string()))?;
     let resp = app.router.clone().oneshot(req).await?;
     let status = resp.status().as_u16();
+    let text = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await?;
-    let v = if bytes.is_empty() {
+    let v = if text {
+        Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    } else if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes)

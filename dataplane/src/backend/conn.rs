@@ -9,6 +9,7 @@ use futures::StreamExt;
 use wire_format::frame::{self, Class, ErrorCode, Frame, MAX_EXTENTS_PER_FRAME, MAX_FETCH_CHUNKS};
 
 use super::encode::{Encoded, Encoder};
+use super::metrics::{BackendMetrics, Form};
 use super::volume::SourceVolume;
 use crate::link::reader::FrameReader;
 use crate::link::LinkError;
@@ -39,13 +40,16 @@ struct Conn {
     bytes_sent: Cell<u64>,
     /// Chosen at Hello from the capabilities both sides have.
     encoder: RefCell<Encoder>,
+    metrics: Arc<BackendMetrics>,
 }
 
 /// Send buffer of a frontend connection: a WAN link of 1 Gbit/s and 40 ms round trip holds
 /// 5 MB in flight; the kernel doubles this and caps it at `net.core.wmem_max`.
 const SEND_BUFFER_BYTES: usize = 8 << 20;
 
-pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
+pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc<BackendMetrics>) {
+    metrics.inc(&metrics.connections_total);
+    metrics.inc(&metrics.connections_open);
     // Small replies (zero chunks, references, errors) must not wait for Nagle on a long link.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set (not a TCP socket?)");
@@ -63,6 +67,7 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
         zero_chunks_sent: Cell::new(0),
         bytes_sent: Cell::new(0),
         encoder: RefCell::new(Encoder::new(false, false)),
+        metrics: metrics.clone(),
     });
     let mut reader = FrameReader::new(stream.clone());
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(FETCHES_IN_FLIGHT_MAX));
@@ -84,6 +89,7 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
             )
         }
         Err(e) => {
+            metrics.inc(&metrics.connection_errors);
             tracing::warn!(error = %e, chunks = conn.chunks_sent.get(), "connection ended with an error");
             let msg = e.to_string();
             let _ = conn
@@ -98,6 +104,7 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>) {
         }
     }
     stream.shutdown();
+    metrics.dec(&metrics.connections_open);
 }
 
 impl Conn {
@@ -161,6 +168,9 @@ impl Conn {
                     let opened = self.lookup(handle)?;
                     let permit = permits.acquire_arc().await;
                     let conn = self.clone();
+                    let m = self.metrics.clone();
+                    m.request(class);
+                    m.inc(&m.fetches_in_flight);
                     runtime::spawn(async move {
                         if let Err(e) = conn
                             .fetch(id, handle, &opened, class, !no_refs, !no_zstd, &chunks)
@@ -169,6 +179,7 @@ impl Conn {
                             tracing::warn!(error = %e, "fetch reply failed; closing connection");
                             conn.stream.shutdown();
                         }
+                        m.dec(&m.fetches_in_flight);
                         drop(permit);
                     })
                     .detach();
@@ -325,7 +336,7 @@ impl Conn {
         id: u64,
         handle: u32,
         opened: &Opened,
-        _class: Class,
+        class: Class,
         allow_refs: bool,
         allow_zstd: bool,
         chunks: &[u64],
@@ -341,6 +352,7 @@ impl Conn {
         while i < chunks.len() {
             let chunk = chunks[i];
             let Some(offset) = in_range(chunk) else {
+                self.metrics.inc(&self.metrics.chunk_errors);
                 let msg = format!("chunk {chunk} is past the end of the volume");
                 let f = Frame::ChunkError {
                     handle,
@@ -353,7 +365,7 @@ impl Conn {
                 continue;
             };
             if vol.is_hole(offset, chunk_len(offset)) {
-                self.send_zero(id, handle, chunk).await?;
+                self.send_zero(id, handle, chunk, class).await?;
                 i += 1;
                 continue;
             }
@@ -370,7 +382,9 @@ impl Conn {
         }
         let results: Vec<Result<(), LinkError>> = futures::stream::iter(runs)
             .map(|(chunk, n, offset)| {
-                self.serve_run(id, handle, opened, chunk, n, offset, allow_refs, allow_zstd)
+                self.serve_run(
+                    id, handle, opened, class, chunk, n, offset, allow_refs, allow_zstd,
+                )
             })
             .buffer_unordered(RUNS_IN_FLIGHT_PER_REQUEST)
             .collect()
@@ -385,6 +399,7 @@ impl Conn {
         id: u64,
         handle: u32,
         opened: &Opened,
+        class: Class,
         chunk: u64,
         n: u64,
         offset: u64,
@@ -411,6 +426,7 @@ impl Conn {
             let msg = format!("reading {} at {offset}: {e}", vol.path.display());
             tracing::warn!(%msg, "source read failed");
             for c in chunk..chunk + n {
+                self.metrics.inc(&self.metrics.chunk_errors);
                 let f = Frame::ChunkError {
                     handle,
                     chunk: c,
@@ -440,6 +456,7 @@ impl Conn {
                 let h0 = head.len();
                 if is_zero(&buf[start..end]) {
                     self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
+                    self.metrics.chunk(class, Form::Zero, 0, 0);
                     Frame::ChunkZero {
                         handle,
                         chunk: chunk + k,
@@ -448,14 +465,18 @@ impl Conn {
                     parts.push((false, h0..head.len()));
                 } else {
                     let raw = &buf[start..end];
+                    let logical = raw.len() as u64;
                     match encoder.encode(raw, allow_refs, allow_zstd) {
                         Encoded::Raw => {
+                            self.metrics.chunk(class, Form::Raw, logical, logical);
                             frame::encode_chunk_data_prefix(id, handle, chunk + k, raw, &mut head)?;
                             parts.push((false, h0..head.len()));
                             parts.push((true, start..end));
                             data_bytes += (end - start) as u64;
                         }
                         Encoded::Zstd { data, raw_crc } => {
+                            self.metrics
+                                .chunk(class, Form::Zstd, logical, data.len() as u64);
                             // Within MAX_DATA_LEN: a chunk is at most 1 MiB and raw_len is its size.
                             frame::encode_chunk_zstd_prefix(
                                 id,
@@ -471,6 +492,8 @@ impl Conn {
                             data_bytes += data.len() as u64;
                         }
                         Encoded::Ref(digest) => {
+                            self.metrics
+                                .chunk(class, Form::Ref, logical, frame::DIGEST_LEN as u64);
                             Frame::ChunkRef {
                                 handle,
                                 chunk: chunk + k,
@@ -502,8 +525,15 @@ impl Conn {
         Ok(())
     }
 
-    async fn send_zero(&self, id: u64, handle: u32, chunk: u64) -> Result<(), LinkError> {
+    async fn send_zero(
+        &self,
+        id: u64,
+        handle: u32,
+        chunk: u64,
+        class: Class,
+    ) -> Result<(), LinkError> {
         self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
+        self.metrics.chunk(class, Form::Zero, 0, 0);
         self.send_frame(id, &Frame::ChunkZero { handle, chunk })
             .await
     }
@@ -556,6 +586,11 @@ impl Conn {
         buf.set_len(data.len());
         buf.copy_from_slice(data);
         let (res, _) = w.write_all_at(buf, offset).await;
+        if res.is_ok() {
+            self.metrics
+                .written_back_bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         res.map_err(|e| {
             (
                 ErrorCode::Io,

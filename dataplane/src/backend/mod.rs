@@ -9,6 +9,7 @@
 
 mod conn;
 mod encode;
+pub mod metrics;
 pub mod volume;
 
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ pub struct BackendConfig {
     pub cores: usize,
     /// Skip blocks the source's ext4 file system marks free (see `SourceVolume::skip_free_blocks`).
     pub fs_aware: bool,
+    /// Where to serve Prometheus metrics (bound by the caller, who printed its address).
+    pub metrics: Option<Arc<std::net::TcpListener>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,16 @@ pub fn run(
         volumes.push(v);
     }
     let volumes = Arc::new(volumes);
+    let counters = Arc::new(metrics::BackendMetrics::default());
+    if let Some(l) = &cfg.metrics {
+        let c = counters.clone();
+        let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
+        crate::metrics::http::serve_on(l.clone(), "ferry-metrics", move || c.render(&names))
+            .map_err(|source| BackendError::Listen {
+                addr: l.local_addr().unwrap_or(cfg.listen),
+                source,
+            })?;
+    }
     // Bind before the cores start so a bad address fails the command at once.
     let std_listener =
         std::net::TcpListener::bind(cfg.listen).map_err(|source| BackendError::Listen {
@@ -93,6 +106,7 @@ pub fn run(
     let ready = std::sync::Mutex::new(Some(ready));
     let set = CoreSet::start(rt, move |core| {
         let volumes = volumes.clone();
+        let counters = counters.clone();
         let ready = if core == 0 {
             ready.lock().ok().and_then(|mut r| r.take())
         } else {
@@ -115,7 +129,7 @@ pub fn run(
             }
             crate::accept::round_robin(
                 listener,
-                move |stream| conn::serve(stream, volumes.clone()),
+                move |stream| conn::serve(stream, volumes.clone(), counters.clone()),
                 || false,
             )
             .await;

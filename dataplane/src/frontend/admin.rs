@@ -4,8 +4,10 @@
 //! does the blocking file work (recording the phase) that cores must not do.
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"cutover"}`, `{"cmd":"abort"}`,
-//! `{"cmd":"set-rate","background_rate_bytes_per_s":N|null}`.
-//! Answers: `{"ok":true,"message":...,"status":{...}}` or `{"ok":false,"error":...}`.
+//! `{"cmd":"set-rate","background_rate_bytes_per_s":N|null}`, `{"cmd":"map","cells":N}`
+//! (chunk states counted per cell, N clamped to 1..=4096, see `map::cells`).
+//! Answers: `{"ok":true,"message":...,"status":{...},"map":{...}}` or
+//! `{"ok":false,"error":...}`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -20,11 +22,14 @@ use super::status::Status;
 use super::volume::local_volume;
 use crate::runtime::CoreHandle;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct AdminRequest {
     pub cmd: String,
     #[serde(default)]
     pub background_rate_bytes_per_s: Option<u64>,
+    /// For `map`: how many cells (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cells: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -39,6 +44,9 @@ pub struct AdminReply {
     /// Set when the refusal was for chunks still untouched.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub untouched: Option<u64>,
+    /// The answer to `map`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub map: Option<crate::map::cells::MapCells>,
 }
 
 impl AdminReply {
@@ -66,6 +74,25 @@ pub struct Admin {
     pub started: std::time::Instant,
     /// The final word printed by the frontend when it stops (cutover or abort done).
     pub outcome: Arc<Mutex<Option<String>>>,
+}
+
+/// Asks the cores for the live status, from a plain thread (admin or metrics).
+#[derive(Clone)]
+pub struct StatusSource {
+    handle: CoreHandle,
+    target: String,
+    started: std::time::Instant,
+}
+
+impl StatusSource {
+    pub fn status(&self) -> Status {
+        let mut st = self
+            .handle
+            .call_blocking(0, || async { coordinator::status(&local_volume()).await });
+        st.target = self.target.clone();
+        st.uptime_ms = self.started.elapsed().as_millis() as u64;
+        st
+    }
 }
 
 pub fn spawn(listener: UnixListener, admin: Admin) -> std::io::Result<()> {
@@ -113,12 +140,16 @@ impl Admin {
     }
 
     fn status(&self) -> Status {
-        let mut st = self
-            .handle
-            .call_blocking(0, || async { coordinator::status(&local_volume()).await });
-        st.target = self.session.target.display().to_string();
-        st.uptime_ms = self.started.elapsed().as_millis() as u64;
-        st
+        self.source().status()
+    }
+
+    /// What the metrics thread needs to ask the cores for a status.
+    pub fn source(&self) -> StatusSource {
+        StatusSource {
+            handle: self.handle.clone(),
+            target: self.session.target.display().to_string(),
+            started: self.started,
+        }
     }
 
     fn handle(&self, req: AdminRequest) -> (AdminReply, bool) {
@@ -131,6 +162,20 @@ impl Admin {
                 },
                 false,
             ),
+            "map" => {
+                let cells = req.cells.unwrap_or(256);
+                let map = self.handle.call_blocking(0, move || async move {
+                    coordinator::map(&local_volume(), cells).await
+                });
+                (
+                    AdminReply {
+                        ok: true,
+                        map: Some(map),
+                        ..Default::default()
+                    },
+                    false,
+                )
+            }
             "set-rate" => {
                 let rate = req.background_rate_bytes_per_s;
                 self.handle.call_blocking(0, move || async move {

@@ -3,7 +3,8 @@
 
 use std::rc::Rc;
 
-use super::status::{ShardNumbers, Status};
+use super::shard::FetchLatency;
+use super::status::{FetchLatencies, LatencySummary, ShardNumbers, Status};
 use super::volume::{local_gate, Volume};
 
 pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
@@ -21,6 +22,11 @@ pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
         deduped_chunks: s.deduped_chunks.get(),
         deduped_bytes: s.deduped_bytes.get(),
         ref_misses: s.ref_misses.get(),
+        zstd_wire_bytes: shard.link_counters.zstd_wire_bytes.get(),
+        zero_replies: s.zero_replies.get(),
+        fetch_retries: s.fetch_retries.get(),
+        fetches_in_flight: shard.fetches_in_flight.get() as u64,
+        unsynced_chunks: shard.unsynced(),
     }
 }
 
@@ -33,13 +39,27 @@ pub async fn status(vol: &Rc<Volume>) -> Status {
         chunks_total: vol.geo.chunk_count,
         ..Status::default()
     };
+    // The histograms are copied (a few KiB each) once per status, off the fetch path.
     let all = vol
-        .on_all(|s| async move { (numbers(&s), s.background_rate.get()) })
+        .on_all(|s| async move {
+            let latency = s.latency.borrow();
+            let copy = FetchLatency {
+                on_demand: latency.on_demand.clone(),
+                background: latency.background.clone(),
+            };
+            (numbers(&s), s.background_rate.get(), copy)
+        })
         .await;
-    for (n, rate) in &all {
+    let mut latency = FetchLatency::default();
+    for (n, rate, l) in &all {
         st.add(n);
         st.background_rate_bytes_per_s = *rate;
+        latency.merge(l);
     }
+    st.fetch_latency_us = Some(FetchLatencies {
+        on_demand: LatencySummary::of(&latency.on_demand),
+        background: LatencySummary::of(&latency.background),
+    });
     st.state = if st.chunks_untouched == 0 {
         "ready"
     } else {
@@ -47,6 +67,24 @@ pub async fn status(vol: &Rc<Volume>) -> Status {
     }
     .into();
     st
+}
+
+/// The live map in `cells` cells (clamped, see `map::cells`), from every core.
+pub async fn map(vol: &Rc<Volume>, cells: u32) -> crate::map::cells::MapCells {
+    let n = crate::map::cells::clamp(cells, vol.geo.chunk_count);
+    let geo = vol.geo;
+    let parts = vol
+        .on_all(move |s| async move {
+            let mut out = crate::map::cells::MapCells::new(&geo, n);
+            s.map_cells(&mut out).await;
+            out
+        })
+        .await;
+    let mut out = crate::map::cells::MapCells::new(&vol.geo, n);
+    for p in &parts {
+        out.merge(p);
+    }
+    out
 }
 
 /// Stops the workload's IO and background traffic: gates closed and drained, hydration held,

@@ -103,6 +103,7 @@ impl Shard {
         let mut last_error = String::new();
         while !remaining.is_empty() {
             if attempt > 0 {
+                self.count_retry();
                 runtime::sleep(Duration::from_millis(50 << attempt.min(6))).await;
             }
             attempt += 1;
@@ -236,6 +237,8 @@ impl Shard {
         for f in fills {
             f.await;
         }
+        let took_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency.borrow_mut().record(class, took_us);
         tracing::trace!(
             ?first_chunk,
             first_reply_us,
@@ -296,6 +299,7 @@ impl Shard {
         let mut last_error = String::new();
         for attempt in 0..FETCH_ATTEMPTS_MAX {
             if attempt > 0 {
+                self.count_retry();
                 runtime::sleep(Duration::from_millis(50 << attempt.min(6))).await;
             }
             let slot = match class {
@@ -417,6 +421,11 @@ impl Shard {
         } else {
             self.end_fetch(chunk, &slot);
         }
+    }
+
+    fn count_retry(&self) {
+        let r = &self.stats.fetch_retries;
+        r.set(r.get() + 1);
     }
 
     fn bufs_len(&self) -> usize {

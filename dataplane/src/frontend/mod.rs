@@ -17,6 +17,7 @@ mod dedup;
 pub mod error;
 mod fetch;
 pub mod gate;
+pub mod metrics;
 pub mod shard;
 pub mod state;
 pub mod status;
@@ -76,6 +77,10 @@ pub struct FrontendConfig {
     pub compress: bool,
     /// The persistent dedup index shared by the volumes of this machine; `None`: no dedup.
     pub dedup_index: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (bound by the caller, who printed its address).
+    pub metrics: Option<Arc<std::net::TcpListener>>,
+    /// Record every request the export serves into this new file (`crate::recording`).
+    pub record: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +105,8 @@ pub enum FrontendError {
     Finished { dir: PathBuf, phase: &'static str },
     #[error(transparent)]
     Dedup(#[from] crate::dedup::StoreError),
+    #[error(transparent)]
+    Recording(#[from] crate::recording::RecordingError),
 }
 
 fn state_err(dir: &Path, message: impl std::fmt::Display) -> FrontendError {
@@ -178,6 +185,11 @@ pub fn run(
         None => None,
     };
 
+    let recorder = match &cfg.record {
+        Some(path) => Some(start_recording(&cfg, path, info.size_bytes)?),
+        None => None,
+    };
+
     let admin_path = state::admin_path(&dir);
     let _ = fs::remove_file(&admin_path);
     let admin_listener = std::os::unix::net::UnixListener::bind(&admin_path)
@@ -206,6 +218,7 @@ pub fn run(
         body,
         resident,
         dedup: dedup.clone(),
+        recorder: recorder.as_ref().map(|r| r.sink()),
     });
     let set = CoreSet::start(rt, move |core| {
         let ready = if core == 0 {
@@ -224,20 +237,44 @@ pub fn run(
         }
     })?;
     let outcome = Arc::new(Mutex::new(None));
-    admin::spawn(
-        admin_listener,
-        admin::Admin {
-            dir: dir.clone(),
-            session: session.clone(),
-            handle: set.handle(),
-            started: std::time::Instant::now(),
-            outcome: outcome.clone(),
-        },
-    )
-    .map_err(|e| state_err(&dir, format!("admin thread: {e}")))?;
+    let admin = admin::Admin {
+        dir: dir.clone(),
+        session: session.clone(),
+        handle: set.handle(),
+        started: std::time::Instant::now(),
+        outcome: outcome.clone(),
+    };
+    if let Some(l) = &cfg.metrics {
+        let source = admin.source();
+        let done = outcome.clone();
+        crate::metrics::http::serve_on(l.clone(), "ferry-metrics", move || {
+            // Once cutover or abort finished the cores are stopping: nothing to ask.
+            if done.lock().map(|o| o.is_some()).unwrap_or(true) {
+                return String::new();
+            }
+            let s = source.clone();
+            match std::panic::catch_unwind(move || s.status()) {
+                Ok(st) => metrics::render(&st),
+                Err(_) => String::new(),
+            }
+        })
+        .map_err(|e| state_err(&dir, format!("metrics thread: {e}")))?;
+    }
+    admin::spawn(admin_listener, admin)
+        .map_err(|e| state_err(&dir, format!("admin thread: {e}")))?;
     let joined = set.join();
     if let Some(d) = &dedup {
         d.close();
+    }
+    if let Some(r) = recorder {
+        // The cores have stopped: everything they recorded is queued.
+        let path = r.path().to_path_buf();
+        match r.finish() {
+            Ok(w) => {
+                tracing::info!(recording = %path.display(), events = w.events, dropped = w.dropped, "recording written")
+            }
+            Err(e) => tracing::warn!(error = %e, "recording not finished"),
+        }
     }
     joined?;
     let _ = fs::remove_file(&admin_path);
@@ -253,6 +290,26 @@ pub fn run(
         .and_then(|mut o| o.take())
         .unwrap_or_else(|| "frontend stopped".into());
     Ok(Outcome { message })
+}
+
+/// Learns the volume's identity (size, ext2/3/4 UUID from chunk 0 of the source) and creates
+/// the recording file.
+fn start_recording(
+    cfg: &FrontendConfig,
+    path: &Path,
+    size_bytes: u64,
+) -> Result<crate::recording::Recorder, FrontendError> {
+    let head = blocking::read_first_chunk(cfg.backend, &cfg.volume, cfg.chunk_size_bytes).map_err(
+        |source| FrontendError::Backend {
+            addr: cfg.backend,
+            source,
+        },
+    )?;
+    let uuid = crate::fsaware::ext4_uuid(&head);
+    let id = crate::recording::Identity::new(size_bytes, uuid, cfg.chunk_size_bytes);
+    let r = crate::recording::Recorder::create(path, &id)?;
+    tracing::info!(recording = %path.display(), size_bytes, fs_uuid = id.fs_uuid_hex().as_deref().unwrap_or("none"), "recording requests");
+    Ok(r)
 }
 
 fn check_resume(cfg: &FrontendConfig, s: &SessionState) -> Result<(), FrontendError> {
@@ -399,6 +456,7 @@ struct CoreSetup {
     body: Vec<u8>,
     resident: Arc<ResidentMap>,
     dedup: Option<Arc<crate::dedup::DedupIndex>>,
+    recorder: Option<crate::recording::RecordSink>,
 }
 
 async fn start_core(
@@ -414,6 +472,7 @@ async fn start_core(
         body,
         resident,
         dedup,
+        recorder,
     } = setup;
     let (geo, min_block) = (*geo, *min_block);
     let direct = OpenOptions {
@@ -467,6 +526,7 @@ async fn start_core(
         bufs,
         fill_permits: Arc::new(async_lock::Semaphore::new(FILLS_IN_FLIGHT)),
         stats: Default::default(),
+        latency: Default::default(),
         fetches_in_flight: Default::default(),
         fetches_changed: Notify::default(),
         hydration_held: Default::default(),
@@ -482,6 +542,7 @@ async fn start_core(
         min_block,
         handle: runtime::core_handle(),
         resident: resident.clone(),
+        recorder: recorder.clone(),
     });
     volume::install_volume(vol.clone());
     runtime::spawn(hydrate::run(shard, cfg.hydrate)).detach();

@@ -59,6 +59,47 @@ pub struct ShardStats {
     pub deduped_bytes: Cell<u64>,
     /// References that could not be used (content gone or changed) and were fetched as data.
     pub ref_misses: Cell<u64>,
+    /// Fetch attempts after the first (a link broke, a reply was bad, a reference missed).
+    pub fetch_retries: Cell<u64>,
+}
+
+/// Latency of whole fetch requests (asked → every chunk filled), per class, in µs.
+pub struct FetchLatency {
+    pub on_demand: hdrhistogram::Histogram<u64>,
+    pub background: hdrhistogram::Histogram<u64>,
+}
+
+/// 1 µs to 10 min at 3 significant digits: ~40 KiB per histogram, allocated once per shard.
+const LATENCY_MAX_US: u64 = 600_000_000;
+
+impl Default for FetchLatency {
+    fn default() -> Self {
+        let h = || {
+            hdrhistogram::Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .expect("constant histogram bounds are valid")
+        };
+        FetchLatency {
+            on_demand: h(),
+            background: h(),
+        }
+    }
+}
+
+impl FetchLatency {
+    /// Records one request; values past the range count as the maximum (no allocation).
+    pub fn record(&mut self, class: wire_format::frame::Class, us: u64) {
+        let h = match class {
+            wire_format::frame::Class::OnDemand => &mut self.on_demand,
+            wire_format::frame::Class::Background => &mut self.background,
+        };
+        h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+    }
+
+    pub fn merge(&mut self, other: &FetchLatency) {
+        // Same bounds on every shard: adding cannot fail.
+        let _ = self.on_demand.add(&other.on_demand);
+        let _ = self.background.add(&other.background);
+    }
 }
 
 pub struct Shard {
@@ -80,6 +121,7 @@ pub struct Shard {
     /// workload's).
     pub fill_permits: std::sync::Arc<async_lock::Semaphore>,
     pub stats: ShardStats,
+    pub latency: RefCell<FetchLatency>,
     /// Chunks with a fetch in flight, and a signal when that count changes.
     pub fetches_in_flight: Cell<usize>,
     pub fetches_changed: Notify,
@@ -274,6 +316,32 @@ impl Shard {
             pos += n;
         }
         Ok(())
+    }
+
+    /// Chunks whose live state is not durable yet (written or filled, not yet synced).
+    pub fn unsynced(&self) -> u64 {
+        self.map.borrow().unsynced()
+    }
+
+    /// This shard's chunks per state, per cell of `out` (see `map::cells`). Scans only the
+    /// chunks this core owns, yielding between stripes so a large volume does not hold the
+    /// core.
+    pub async fn map_cells(&self, out: &mut crate::map::cells::MapCells) {
+        let mut from = 0;
+        while from < self.geo.chunk_count {
+            let end = (from + crate::geometry::STRIPE_CHUNKS * 64).min(self.geo.chunk_count);
+            {
+                let m = self.map.borrow();
+                out.add(
+                    &m,
+                    self.geo
+                        .owned_chunks_from(self.id, from)
+                        .take_while(|&c| c < end),
+                );
+            }
+            from = end;
+            crate::runtime::yield_now().await;
+        }
     }
 
     /// Live counts of this shard's chunks per state.

@@ -43,13 +43,76 @@ pub struct Status {
     /// References whose content was gone or changed, fetched again as data.
     #[serde(default)]
     pub ref_misses: u64,
+    /// Size on the wire of the zstd chunks (`zstd_raw_bytes - zstd_wire_bytes` is what
+    /// compression saved).
+    #[serde(default)]
+    pub zstd_wire_bytes: u64,
+    /// Chunks the backend answered as zero (holes, all-zero data, free ext4 blocks): nothing
+    /// but a header crossed the wire for them.
+    #[serde(default)]
+    pub zero_replies: u64,
+    /// Fetch attempts after the first (broken link, bad reply, missed reference).
+    #[serde(default)]
+    pub fetch_retries: u64,
+    /// Chunks with a fetch in flight right now (on-demand and background).
+    #[serde(default)]
+    pub fetches_in_flight: u64,
+    /// Chunks whose live state is not durable yet (written or filled since the last sync),
+    /// and their bytes: what a crash now would lose unless a FLUSH/FUA covered it.
+    #[serde(default)]
+    pub unsynced_chunks: u64,
+    #[serde(default)]
+    pub unsynced_bytes: u64,
+    /// Latency of fetch requests (asked → every chunk filled), per class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_latency_us: Option<FetchLatencies>,
     pub uptime_ms: u64,
     pub background_rate_bytes_per_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FetchLatencies {
+    pub on_demand: LatencySummary,
+    pub background: LatencySummary,
+}
+
+/// Percentiles of one hdrhistogram, in µs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
 }
 
 /// One shard's share of the numbers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShardNumbers {
+    pub zstd_wire_bytes: u64,
+    pub zero_replies: u64,
+    pub fetch_retries: u64,
+    pub fetches_in_flight: u64,
+    pub unsynced_chunks: u64,
     pub counts: [u64; 4],
     pub fetched_chunks_on_demand: u64,
     pub fetched_chunks_background: u64,
@@ -81,6 +144,12 @@ impl Status {
         self.deduped_chunks += n.deduped_chunks;
         self.deduped_bytes += n.deduped_bytes;
         self.ref_misses += n.ref_misses;
+        self.zstd_wire_bytes += n.zstd_wire_bytes;
+        self.zero_replies += n.zero_replies;
+        self.fetch_retries += n.fetch_retries;
+        self.fetches_in_flight += n.fetches_in_flight;
+        self.unsynced_chunks += n.unsynced_chunks;
+        self.unsynced_bytes = self.unsynced_chunks * u64::from(self.chunk_size_bytes);
     }
 }
 
@@ -126,4 +195,21 @@ pub fn offline(dir: &Path) -> std::io::Result<Status> {
         st.state = "ready".into();
     }
     Ok(st)
+}
+
+/// The map from the files alone (see `map::cells`), for a frontend that is not running.
+pub fn offline_map(dir: &Path, cells: u32) -> std::io::Result<crate::map::cells::MapCells> {
+    let s = state::load(dir)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} holds no ferry session (no state.json)", dir.display()),
+        )
+    })?;
+    let geo = Geometry::new(s.volume_size_bytes, s.chunk_size_bytes, 1);
+    let body = crate::map::file::load(&state::map_path(dir), &geo)?;
+    let map = VolumeMap::from_body(&geo, 0, &body);
+    let n = crate::map::cells::clamp(cells, geo.chunk_count);
+    let mut out = crate::map::cells::MapCells::new(&geo, n);
+    out.add(&map, 0..geo.chunk_count);
+    Ok(out)
 }

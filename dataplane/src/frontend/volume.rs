@@ -41,6 +41,8 @@ pub struct Volume {
     pub min_block: u32,
     pub handle: CoreHandle,
     pub resident: std::sync::Arc<crate::map::resident::ResidentMap>,
+    /// This core's handle on the access-pattern recording, if one is being made.
+    pub recorder: Option<crate::recording::RecordSink>,
 }
 
 impl Volume {

@@ -98,5 +98,12 @@ pub fn ext4_free_space_of_bytes(image: &[u8]) -> Result<FreeSpace, FsAwareError>
     ext4::free_space(&mut src)
 }
 
+/// The file-system UUID of an ext2/3/4 volume from its first bytes (`first_4k`: at least
+/// 2048), or `None` without the ext2/3/4 magic. Only the magic is checked: this names a
+/// volume (access-pattern recordings), it never decides what is free.
+pub fn ext4_uuid(first_4k: &[u8]) -> Option<[u8; 16]> {
+    ext4::superblock::Superblock::uuid_of(first_4k)
+}
+
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use wire_format::frame::{self, Frame};
+use wire_format::frame::{self, Class, Frame};
 
 use super::{refusal, LinkError};
 
@@ -55,12 +55,20 @@ impl Conn {
     }
 }
 
-/// Connects, says hello, opens `name` with `chunk_size_bytes`, and collects its extents.
-pub fn open_volume(
+/// What `Open` answered.
+struct Opened {
+    handle: u32,
+    size_bytes: u64,
+    chunk_size_bytes: u32,
+    extent_frames: u32,
+}
+
+/// Connects, says hello and opens `name` with `chunk_size_bytes`; the extents frames follow.
+fn connect_open(
     addr: SocketAddr,
     name: &str,
     chunk_size_bytes: u32,
-) -> Result<VolumeInfo, LinkError> {
+) -> Result<(Conn, Opened), LinkError> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_nodelay(true)?;
@@ -88,15 +96,25 @@ pub fn open_volume(
         },
         1,
     )?;
-    let (size, chunk, frames) = c.recv(|f| match f {
+    let opened = c.recv(|f| match f {
         Frame::OpenOk {
+            handle,
             size,
             chunk_size,
             extent_frames,
-            ..
-        } => Ok((size, chunk_size, extent_frames)),
+        } => Ok(Opened {
+            handle,
+            size_bytes: size,
+            chunk_size_bytes: chunk_size,
+            extent_frames,
+        }),
         other => Err(refusal("OpenOk", &other)),
     })?;
+    Ok((c, opened))
+}
+
+/// Reads the `Extents` frames that follow `OpenOk`.
+fn read_extents(c: &mut Conn, frames: u32) -> Result<Vec<(u64, u64)>, LinkError> {
     let mut extents = Vec::new();
     for _ in 0..frames {
         c.recv(|f| match f {
@@ -108,9 +126,55 @@ pub fn open_volume(
         })?;
     }
     extents.sort_unstable();
+    Ok(extents)
+}
+
+/// Connects, says hello, opens `name` with `chunk_size_bytes`, and collects its extents.
+pub fn open_volume(
+    addr: SocketAddr,
+    name: &str,
+    chunk_size_bytes: u32,
+) -> Result<VolumeInfo, LinkError> {
+    let (mut c, o) = connect_open(addr, name, chunk_size_bytes)?;
+    let extents = read_extents(&mut c, o.extent_frames)?;
     Ok(VolumeInfo {
-        size_bytes: size,
-        chunk_size_bytes: chunk,
+        size_bytes: o.size_bytes,
+        chunk_size_bytes: o.chunk_size_bytes,
         extents,
+    })
+}
+
+/// The content of chunk 0 of `name` (chunks of `chunk_size_bytes`, at least 4 KiB, so it
+/// holds an ext2/3/4 superblock), fetched raw on a connection of its own; empty for an
+/// empty volume. Used at start-up to learn the volume's identity (file-system UUID).
+pub fn read_first_chunk(
+    addr: SocketAddr,
+    name: &str,
+    chunk_size_bytes: u32,
+) -> Result<Vec<u8>, LinkError> {
+    let (mut c, o) = connect_open(addr, name, chunk_size_bytes)?;
+    read_extents(&mut c, o.extent_frames)?;
+    if o.size_bytes == 0 {
+        return Ok(Vec::new());
+    }
+    let first_len = u64::from(o.chunk_size_bytes).min(o.size_bytes) as usize;
+    c.send(
+        &Frame::Fetch {
+            handle: o.handle,
+            class: Class::OnDemand,
+            no_refs: true,
+            no_zstd: true,
+            chunks: vec![0],
+        },
+        2,
+    )?;
+    c.recv(|f| match f {
+        Frame::ChunkData { chunk: 0, data, .. } => Ok(data.to_vec()),
+        Frame::ChunkZero { chunk: 0, .. } => Ok(vec![0; first_len]),
+        Frame::ChunkError { code, message, .. } => Err(LinkError::Remote {
+            code,
+            message: message.to_string(),
+        }),
+        other => Err(refusal("ChunkData for chunk 0", &other)),
     })
 }

@@ -71,6 +71,8 @@ pub struct LinkCounters {
     /// Chunks that came zstd-compressed, and their size once decompressed.
     pub zstd_chunks: Cell<u64>,
     pub zstd_raw_bytes: Cell<u64>,
+    /// Their size on the wire (compressed).
+    pub zstd_wire_bytes: Cell<u64>,
     /// Chunks that came as a reference to content we hold.
     pub ref_chunks: Cell<u64>,
 }
@@ -291,6 +293,7 @@ impl BackendLink {
                     LinkCounters::add(&counters.wire_bytes, data.len() as u64);
                     LinkCounters::add(&counters.zstd_chunks, 1);
                     LinkCounters::add(&counters.zstd_raw_bytes, raw_len as u64);
+                    LinkCounters::add(&counters.zstd_wire_bytes, data.len() as u64);
                     Reply::Data { chunk, buf }
                 }
                 Frame::ChunkRef {

@@ -12,9 +12,14 @@
 //! * state codes on disk are the stable codes of [`wire_format::state::ChunkState`], never a Rust
 //!   enum's order.
 //!
+//! * `unsynced` counts the owner's chunks whose live state differs from the durable one:
+//!   data written (or fetched) and acknowledged-or-not but not yet behind an `fdatasync`
+//!   — the lag a crash right now would lose unless a FLUSH/FUA covered it.
+//!
 //! Encoding: chunk `c` occupies bits `2c..2c+2` of the body (least significant bit first in each
 //! byte), so byte `c / 4` holds chunks `4k..4k+4`.
 
+pub mod cells;
 pub mod file;
 pub mod resident;
 
@@ -31,6 +36,8 @@ pub struct VolumeMap {
     dirty_stripes: BTreeSet<u64>,
     /// Live counts per state code, for the chunks of one owner core.
     counts: [u64; 4],
+    /// Chunks (of this owner) whose live state is not yet the durable one.
+    unsynced: u64,
 }
 
 fn get(bits: &BitSlice<u8, Lsb0>, chunk: u64) -> ChunkState {
@@ -61,6 +68,7 @@ impl VolumeMap {
             durable,
             dirty_stripes: BTreeSet::new(),
             counts,
+            unsynced: 0,
         }
     }
 
@@ -80,15 +88,33 @@ impl VolumeMap {
             self.counts[old.code() as usize] -= 1;
             self.counts[state.code() as usize] += 1;
             set(&mut self.live, chunk, state);
+            let durable = get(&self.durable, chunk);
+            self.adjust_unsynced(old != durable, state != durable);
         }
     }
 
     /// Records that the data backing `state` for `chunk` is durable on the target.
     pub fn promote_to(&mut self, chunk: u64, state: ChunkState) {
-        if get(&self.durable, chunk) != state {
+        let old = get(&self.durable, chunk);
+        if old != state {
             set(&mut self.durable, chunk, state);
             self.dirty_stripes.insert(chunk / STRIPE_CHUNKS);
+            let live = get(&self.live, chunk);
+            self.adjust_unsynced(live != old, live != state);
         }
+    }
+
+    fn adjust_unsynced(&mut self, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => self.unsynced += 1,
+            (true, false) => self.unsynced -= 1,
+            _ => {}
+        }
+    }
+
+    /// Chunks whose live state is not durable yet (see the module header).
+    pub fn unsynced(&self) -> u64 {
+        self.unsynced
     }
 
     /// Takes the stripes to persist, with the bytes of each stripe's durable image.
@@ -136,6 +162,29 @@ mod tests {
         // chunk 5 = byte 1, bits 2..4 => code 1 << 2
         assert_eq!(stripes[0].1[1], 1 << 2);
         assert_eq!(m.count(ChunkState::Present), 1);
+    }
+
+    #[test]
+    fn unsynced_counts_live_ahead_of_durable() {
+        let geo = Geometry::new(4096 * 16, 4096, 1);
+        let mut m = VolumeMap::from_body(&geo, 0, &[0u8; 4]);
+        assert_eq!(m.unsynced(), 0);
+        m.set_live(1, ChunkState::Present);
+        m.set_live(2, ChunkState::Dirty);
+        assert_eq!(m.unsynced(), 2);
+        m.set_live(2, ChunkState::Zero);
+        assert_eq!(m.unsynced(), 2);
+        m.promote_to(1, ChunkState::Present);
+        assert_eq!(m.unsynced(), 1);
+        // A failed write puts an Untouched chunk back: nothing left to sync for it.
+        m.set_live(2, ChunkState::Untouched);
+        assert_eq!(m.unsynced(), 0);
+        // Promoted to an older state while live moved on: still unsynced.
+        m.set_live(1, ChunkState::Dirty);
+        m.promote_to(1, ChunkState::Present);
+        assert_eq!(m.unsynced(), 1);
+        m.promote_to(1, ChunkState::Dirty);
+        assert_eq!(m.unsynced(), 0);
     }
 
     #[test]

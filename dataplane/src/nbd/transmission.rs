@@ -17,6 +17,7 @@ use super::{NbdConnError, MAX_REQUEST_BYTES, REQUESTS_IN_FLIGHT_MAX};
 use crate::frontend::error::VolError;
 use crate::frontend::gate::Pass;
 use crate::frontend::volume::{local_gate, Volume};
+use crate::recording::EventKind;
 use crate::runtime::{self, AlignedBuf, Gather, Stream};
 
 /// Largest read segment: one owner, one target read, one pipelined send.
@@ -83,6 +84,10 @@ pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<()
             conn.reply_error(req.cookie, nbd::ESHUTDOWN).await?;
             continue;
         };
+        if let (Some(r), Some(kind)) = (&conn.vol.recorder, event_kind(req.command)) {
+            // Valid and admitted: this is what the workload asked for, in arrival order.
+            r.record(kind, req.offset, req.length);
+        }
         match req.command {
             Command::Write => {
                 let pieces = conn.clone().start_write(&req, &mut input).await?;
@@ -104,6 +109,18 @@ pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<()
             }
         }
     }
+}
+
+/// The recording's name for a command that passed validation.
+fn event_kind(c: Command) -> Option<EventKind> {
+    Some(match c {
+        Command::Read => EventKind::Read,
+        Command::Write => EventKind::Write,
+        Command::Trim => EventKind::Trim,
+        Command::WriteZeroes => EventKind::WriteZeroes,
+        Command::Flush => EventKind::Flush,
+        _ => return None,
+    })
 }
 
 fn carries_payload(req: &Request) -> bool {

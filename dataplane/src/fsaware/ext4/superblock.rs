@@ -107,6 +107,22 @@ impl Superblock {
         Superblock::parse(&b, size)
     }
 
+    /// The UUID of the ext2/3/4 file system whose superblock lies in `head` (the first bytes
+    /// of a volume, at least `OFFSET + SIZE` of them), if the magic is there. This identifies a
+    /// volume; nothing else is checked, so it must never decide what is free.
+    pub(crate) fn uuid_of(head: &[u8]) -> Option<[u8; 16]> {
+        let b: &[u8; SIZE] = head
+            .get(OFFSET as usize..OFFSET as usize + SIZE)?
+            .try_into()
+            .ok()?;
+        if le16(b, 0x38) != MAGIC {
+            return None;
+        }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[0x68..0x78]);
+        Some(uuid)
+    }
+
     /// Checks `b` (the 1024 superblock bytes) of a source of `source_size` bytes.
     pub(crate) fn parse(b: &[u8; SIZE], source_size: u64) -> Result<Superblock, FsAwareError> {
         let magic = le16(b, 0x38);
