@@ -6,12 +6,13 @@
 //!
 //! Self-contained on purpose (small helpers copied, not shared with `tests/common`).
 
+mod common;
+use common::lines::LineProc as Proc;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -78,79 +79,6 @@ fn assert_same(a: &Path, b: &Path) {
     );
     if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
         panic!("{} and {} differ at byte {i}", a.display(), b.display());
-    }
-}
-
-/// A child with stdout lines collected and stderr in a file; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stderr: PathBuf,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let errf = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr)
-            .expect("stderr file");
-        let mut child = Command::new(ferry())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(errf)
-            .spawn()
-            .expect("spawn ferry");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        Proc {
-            name: name.into(),
-            child,
-            stderr,
-            lines,
-        }
-    }
-
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if l.starts_with(prefix) {
-                    return l;
-                }
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("{} exited ({st}): {}", self.name, self.stderr_text());
-            }
-        }
-        panic!(
-            "{} never printed {prefix:?}: {}",
-            self.name,
-            self.stderr_text()
-        );
-    }
-
-    fn stderr_text(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 

@@ -5,14 +5,15 @@
 //!
 //! Self-contained on purpose (small helpers copied, not shared with `tests/common`).
 
+mod common;
+use common::lines::LineProc as Proc;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -56,76 +57,6 @@ fn source_file(path: &Path, size: u64, zero_mib: u64, seed: u64) {
         f.write_all(&buf).expect("write source");
     }
     f.sync_all().expect("sync source");
-}
-
-/// A child with stdout lines collected and stderr in a file; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    stderr: PathBuf,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[&str], dir: &Path) -> Proc {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let errf = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr)
-            .expect("stderr file");
-        let mut child = Command::new(ferry())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(errf)
-            .spawn()
-            .expect("spawn ferry");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        Proc {
-            name: name.into(),
-            child,
-            stderr,
-            lines,
-        }
-    }
-
-    /// The first line starting with `prefix` (earlier lines are skipped).
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                if l.starts_with(prefix) {
-                    return l;
-                }
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("{} exited ({st}): {}", self.name, self.stderr_text());
-            }
-        }
-        panic!(
-            "{} never printed {prefix:?}: {}",
-            self.name,
-            self.stderr_text()
-        );
-    }
-
-    fn stderr_text(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The `HOST:PORT` of a "... on http://HOST:PORT/metrics" line.

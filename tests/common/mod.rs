@@ -26,6 +26,7 @@
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
 pub mod fake_backend;
+pub mod lines;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
