@@ -586,6 +586,53 @@ fn daemon_kill9_mid_migration_then_resume() {
     assert_eq!((st, v["state"].as_str()), (200, Some("completed")), "{v}");
 }
 
+/// A frontend that dies (kill -9) while the daemon runs is started again on its state dir
+/// and the session carries on where its map says, without refetching what is present.
+#[test]
+fn frontend_kill9_is_restarted_and_the_session_continues() {
+    let mut env = Env::new("fekill", &[("v", 64)], &[]);
+    let id = env.create("v", "16M");
+    let s = env.ok("POST", &format!("/v1/sessions/{id}/start"), None);
+    let pid = s["frontend_pid"].as_u64().expect("pid");
+    // Several background batches in, so some are durable (group commit follows each batch).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bg_bytes(&env.session(&id)) < 16 * MIB {
+        assert!(Instant::now() < deadline, "background never got going");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on the frontend this test's daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = env.session(&id);
+        assert_ne!(
+            s["state"], "failed",
+            "the session failed instead of restarting: {s}"
+        );
+        if s["frontend_pid"].as_u64().is_some_and(|p| p != pid)
+            && pid_alive(s["frontend_pid"].as_u64().unwrap_or(0))
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no new frontend: {s}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(s["state"] == "migrating" || s["state"] == "ready", "{s}");
+    let s = env.wait_state(&id, "ready", Duration::from_secs(120));
+    let s2 = env.ok("POST", &format!("/v1/sessions/{id}/cutover"), None);
+    assert_eq!(s2["state"], "completed", "{s2}");
+    assert_same(&env.path("v.src"), &env.path("v.tgt"));
+    // The restarted frontend fetched only what the first had not made durable: together
+    // they fetched at most every chunk once plus what was in flight at the kill.
+    let p = &s["progress"];
+    let fetched = p["fetched_chunks_background"].as_u64().unwrap_or(0)
+        + p["fetched_chunks_on_demand"].as_u64().unwrap_or(0);
+    assert!(
+        fetched < 1024,
+        "the restarted frontend refetched everything: {s}"
+    );
+}
+
 #[test]
 fn bad_input_is_4xx_and_tcp_needs_the_token() {
     let dir = test_dir("tok");

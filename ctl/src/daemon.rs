@@ -26,7 +26,15 @@ pub struct Daemon {
     pub sup: Arc<Supervisor>,
     pub data_dir: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each session's frontend was last started again after dying, for the bound.
+    restarts: Mutex<HashMap<String, Vec<std::time::Instant>>>,
 }
+
+/// A frontend that dies is started again on its state dir at most this many times per
+/// [`RESTART_WINDOW`]; beyond that the session fails with the reason (a crash loop must
+/// not hide behind restarts).
+pub const RESTARTS_MAX: usize = 3;
+pub const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Daemon {
     pub fn new(db: Db, sup: Supervisor, data_dir: PathBuf) -> Daemon {
@@ -35,7 +43,23 @@ impl Daemon {
             sup: Arc::new(sup),
             data_dir,
             locks: Mutex::new(HashMap::new()),
+            restarts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the frontend of session `id` may be started again now (and counts it).
+    pub fn may_restart(&self, id: &str) -> bool {
+        let Ok(mut r) = self.restarts.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let times = r.entry(id.to_string()).or_default();
+        times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if times.len() >= RESTARTS_MAX {
+            return false;
+        }
+        times.push(now);
+        true
     }
 
     /// Opens (creating) the store in `data_dir`; frontends are started from `exe`.

@@ -400,9 +400,10 @@ async fn recover_one(d: &Daemon, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The poller: progress and readiness from each running frontend, and a session whose
-/// frontend died is failed with the reason (or finished, if the frontend was cut over or
-/// aborted directly through its admin socket).
+/// The poller: progress and readiness from each running frontend. A session whose frontend
+/// died gets it started again on the same state dir, which resumes where the map says
+/// (bounded: `RESTARTS_MAX` per `RESTART_WINDOW`, then the session fails with the reason), or
+/// is finished if the frontend was cut over or aborted directly through its admin socket.
 pub async fn poll(d: Arc<Daemon>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -444,7 +445,19 @@ async fn poll_once(d: &Daemon) -> Result<(), ApiError> {
                 Some(Phase::Aborted) => {
                     finish(d, s, State::Aborted).await?;
                 }
-                _ => fail(d, &mut s, &reason).await?,
+                _ if d.may_restart(&s.id) => {
+                    tracing::warn!(session = %s.id, %reason, "frontend died; starting it again on its state dir");
+                    drop(_g);
+                    recover_one(d, &s.id).await?;
+                }
+                _ => {
+                    let why = format!(
+                        "{reason} (its frontend was started again {} times in {:?} and died each time)",
+                        crate::daemon::RESTARTS_MAX,
+                        crate::daemon::RESTART_WINDOW
+                    );
+                    fail(d, &mut s, &why).await?
+                }
             },
         }
     }
