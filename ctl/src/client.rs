@@ -72,8 +72,11 @@ impl Endpoint {
 
 fn exchange<S: Read + Write>(mut s: S, mut head: String, payload: &[u8]) -> Result<Vec<u8>> {
     head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(payload)?;
+    // One write: the daemon may answer (401, 4xx) and close before reading a body, and a
+    // second write would fail with EPIPE instead of letting us read its answer.
+    let mut req = head.into_bytes();
+    req.extend_from_slice(payload);
+    s.write_all(&req)?;
     s.flush()?;
     let mut raw = Vec::new();
     s.take(MAX_ANSWER_BYTES)
