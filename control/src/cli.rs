@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataplane::backend::{self, BackendConfig};
 use dataplane::frontend::admin::AdminRequest;
 use dataplane::frontend::status::{self, Status};
-use dataplane::frontend::{self, FrontendConfig, NbdListen};
+use dataplane::frontend::{self, FrontendConfig, NbdListen, QosMode};
 use dataplane::hydrate::HydrateConfig;
 
 use crate::admin_client;
@@ -63,6 +63,9 @@ enum Command {
     /// Inspect access-pattern recordings (`ferry frontend --record FILE`).
     #[command(subcommand)]
     Recording(crate::recording::RecordingCommand),
+    /// Serve a source volume over NBD to its still-local workload and record every request
+    /// (before migration). Stop with SIGINT or SIGTERM.
+    Record(crate::record::RecordArgs),
 }
 
 #[derive(Args, Debug)]
@@ -130,6 +133,16 @@ struct FrontendArgs {
     /// deprioritise it; on-demand traffic keeps the default class.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(0..64))]
     background_dscp: u8,
+    /// How on-demand and background share the WAN: `separate` (a QoS-ready network: the
+    /// background has its own connections, marked with --background-dscp) or `shared` (a
+    /// QoS-less network: one connection; the backend sends on-demand replies first and the
+    /// frontend keeps outstanding background just large enough to fill the link).
+    #[arg(long, value_enum, default_value_t = QosArg::Separate)]
+    qos: QosArg,
+    /// With --qos shared: background bytes/s that keep flowing however busy on-demand
+    /// traffic is (K/M/G suffixes).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    background_floor: u64,
     /// Chunks per background fetch request.
     #[arg(long, default_value_t = 64)]
     batch_chunks: usize,
@@ -153,6 +166,14 @@ struct FrontendArgs {
     /// SQLite file tied to the volume's size and ext4 UUID (`ferry recording info FILE`).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Background migration fetches first what a recording (`--record`) read, most read
+    /// first, then follows live reads along the recorded sequence, then ext4 metadata. PATH
+    /// is a recording, or a directory whose `*.sqlite` / `*.ferryrec` recordings are
+    /// searched for this volume (same size and ext4 UUID, else same size and ext4, newest).
+    /// A recording named directly that is corrupt, of another format version or of another
+    /// volume size is refused.
+    #[arg(long, value_name = "PATH")]
+    prefetch: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,7 +251,7 @@ fn parse_volume(s: &str) -> Result<(String, PathBuf), String> {
     Ok((name.to_string(), PathBuf::from(path)))
 }
 
-fn parse_nbd(s: &str) -> Result<NbdListen, String> {
+pub(crate) fn parse_nbd(s: &str) -> Result<NbdListen, String> {
     if let Some(p) = s.strip_prefix("unix:") {
         return Ok(NbdListen::Unix(PathBuf::from(p)));
     }
@@ -240,7 +261,7 @@ fn parse_nbd(s: &str) -> Result<NbdListen, String> {
     Err(format!("{s:?}: expected unix:PATH or tcp:HOST:PORT"))
 }
 
-fn parse_chunk(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_chunk(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if !(4096..=1 << 20).contains(&n) || !n.is_power_of_two() {
         return Err(format!(
@@ -377,6 +398,11 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 cores: cores(a.cores),
                 background_rate: a.background_rate,
                 background_tos: Some(a.background_dscp << 2),
+                qos: match a.qos {
+                    QosArg::Separate => QosMode::Separate,
+                    QosArg::Shared => QosMode::Shared,
+                },
+                background_floor: a.background_floor,
                 hydrate: HydrateConfig {
                     batch_chunks: a.batch_chunks.clamp(1, 1024),
                     in_flight: a.background_in_flight.max(1),
@@ -385,6 +411,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 dedup_index,
                 metrics,
                 record: a.record,
+                passthrough: false,
+                prefetch: a.prefetch,
             };
             let name = a.volume;
             let outcome = frontend::run(cfg, move |spec| {
@@ -444,6 +472,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Control(a) => ctl::cli::run_control(a),
         Command::Migrate(a) => ctl::cli::run_migrate(a),
         Command::Recording(c) => crate::recording::run(c),
+        Command::Record(a) => crate::record::run(a),
     }
 }
 
@@ -551,5 +580,37 @@ fn print_status(st: &Status) {
             Some(r) => format!("{}/s", human(r)),
         };
         println!("background  {rate}");
+        if st.qos == "shared" {
+            println!(
+                "qos         shared connection: background window {} chunks ({} outstanding), base RTT {:.1} ms, queueing {:.1} ms",
+                st.background_window_chunks,
+                st.background_outstanding_chunks,
+                st.base_rtt_us as f64 / 1000.0,
+                st.queue_delay_us as f64 / 1000.0
+            );
+        } else if !st.qos.is_empty() {
+            println!("qos         separate background connections (DSCP-marked)");
+        }
+        let hit_rate = if st.prefetch_reads == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.1}%",
+                st.prefetch_hits as f64 / st.prefetch_reads as f64 * 100.0
+            )
+        };
+        println!(
+            "prefetch    class {}  hits {} of {} reads ({hit_rate})  recording {}",
+            st.prefetch_class,
+            st.prefetch_hits,
+            st.prefetch_reads,
+            st.prefetch_recording.as_deref().unwrap_or("none")
+        );
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QosArg {
+    Separate,
+    Shared,
 }

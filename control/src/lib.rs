@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod nbd_client;
+pub mod record;
 pub mod recording;
 pub mod sample;
 pub mod size;

@@ -8,6 +8,7 @@
 //!   the admin socket.
 //! * [`nbd`] — the NBD server on top of the frontend.
 //! * [`hydrate`] — background migration of untouched chunks.
+//! * [`prefetch`] — the order hydration takes them in (recording, sequence, ext4 metadata).
 //! * [`map`] — the 2-bit volume map and its crash-safe file.
 //! * [`link`] — the frontend↔backend connection (wire-format frames).
 //! * [`geometry`] — chunks, pieces and which core owns what.
@@ -25,6 +26,7 @@ pub mod map;
 pub mod metrics;
 pub mod nbd;
 pub mod notify;
+pub mod prefetch;
 pub mod recording;
 pub mod runtime;
 mod sys;

@@ -169,11 +169,13 @@ pub enum Kind {
     /// 0x11, a chunk answered by the digest of its content, which the frontend holds (only
     /// with [`CAP_REFS`]).
     ChunkRef,
+    /// 0x12, frontend → backend: how to share this connection between the classes.
+    Qos,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Open,
@@ -191,6 +193,7 @@ impl Kind {
         Kind::ChunkZstd,
         Kind::Have,
         Kind::ChunkRef,
+        Kind::Qos,
     ];
 
     /// The stable wire code.
@@ -213,6 +216,7 @@ impl Kind {
             Kind::ChunkZstd => 0x0F,
             Kind::Have => 0x10,
             Kind::ChunkRef => 0x11,
+            Kind::Qos => 0x12,
         }
     }
 
@@ -236,6 +240,7 @@ impl Kind {
             0x0F => Kind::ChunkZstd,
             0x10 => Kind::Have,
             0x11 => Kind::ChunkRef,
+            0x12 => Kind::Qos,
             _ => return None,
         })
     }
@@ -563,6 +568,15 @@ pub enum Frame<'a> {
         /// SHA-256 of the chunk's content.
         digest: [u8; DIGEST_LEN],
     },
+    /// `handle u32, floor u64`: on a connection that carries both classes, the backend sends
+    /// on-demand replies first but lets background replies through at no less than
+    /// `background_floor_bytes_per_s` (0: strict priority).
+    Qos {
+        /// Volume handle.
+        handle: u32,
+        /// Background bytes/s the backend keeps sending under on-demand load.
+        background_floor_bytes_per_s: u64,
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -586,6 +600,7 @@ impl<'a> Frame<'a> {
             Frame::ChunkZstd { .. } => Kind::ChunkZstd,
             Frame::Have { .. } => Kind::Have,
             Frame::ChunkRef { .. } => Kind::ChunkRef,
+            Frame::Qos { .. } => Kind::Qos,
         }
     }
 
@@ -782,6 +797,13 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&len.to_be_bytes());
             }
             Frame::Sync { handle } => out.extend_from_slice(&handle.to_be_bytes()),
+            Frame::Qos {
+                handle,
+                background_floor_bytes_per_s,
+            } => {
+                out.extend_from_slice(&handle.to_be_bytes());
+                out.extend_from_slice(&background_floor_bytes_per_s.to_be_bytes());
+            }
             Frame::Ack => {}
             Frame::Error { code, message } => {
                 out.extend_from_slice(&code.code().to_be_bytes());
@@ -1105,6 +1127,10 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
                 digest,
             }
         }
+        Kind::Qos => Frame::Qos {
+            handle: get_u32(&mut r, "handle")?,
+            background_floor_bytes_per_s: get_u64(&mut r, "background floor")?,
+        },
     };
     if !r.is_empty() {
         return Err(WireError::TrailingBytes { kind });
@@ -1233,7 +1259,7 @@ mod tests {
             assert_eq!(Kind::from_code(k.code()), Some(*k));
         }
         assert_eq!(Kind::from_code(0), None);
-        assert_eq!(Kind::from_code(0x12), None);
+        assert_eq!(Kind::from_code(0x13), None);
         assert_eq!(Class::from_code(0), None);
         assert_eq!(Class::from_code(3), None);
         for c in 0..=20u16 {

@@ -127,6 +127,10 @@ fn frame(max_data: usize) -> impl Strategy<Value = Frame<'static>> {
             len
         }),
         any::<u32>().prop_map(|handle| Frame::Sync { handle }),
+        (any::<u32>(), any::<u64>()).prop_map(|(handle, floor)| Frame::Qos {
+            handle,
+            background_floor_bytes_per_s: floor
+        }),
         Just(Frame::Ack),
         (error_code(), "\\PC{0,200}").prop_map(|(code, m)| Frame::Error {
             code,
@@ -508,8 +512,8 @@ fn header_field_checks() {
     b[7] = 1;
     assert_eq!(hdr(&b), Err(WireError::BadFlags(1)));
     let mut b = good.clone();
-    b[5] = 0x12;
-    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x12)));
+    b[5] = 0x13;
+    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x13)));
     let mut b = good.clone();
     b[16..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
     // Refused from the header alone: the caller never buffers the announced length.

@@ -135,6 +135,13 @@ fn frame_seeds() -> Seeds {
             },
         ),
         ("sync", Frame::Sync { handle: 1 }),
+        (
+            "qos",
+            Frame::Qos {
+                handle: 1,
+                background_floor_bytes_per_s: 1 << 20,
+            },
+        ),
         ("ack", Frame::Ack),
         (
             "error",

@@ -10,13 +10,19 @@ use wire_format::frame::{self, Class, ErrorCode, Frame, MAX_EXTENTS_PER_FRAME, M
 
 use super::encode::{Encoded, Encoder};
 use super::metrics::{BackendMetrics, Form};
+use super::sendq::SendLock;
 use super::volume::SourceVolume;
 use crate::link::reader::FrameReader;
 use crate::link::LinkError;
 use crate::runtime::{self, AlignedBuf, File, Gather, OpenOptions, Stream};
 
-/// Fetch requests served at once per connection: bounds buffers and disk queue depth.
+/// Fetch requests served at once per connection and class: bounds buffers and disk queue
+/// depth. Per class, so background requests holding every permit never keep an on-demand
+/// request from being read and served (seed §4.4.4: the backend limits executed requests).
 const FETCHES_IN_FLIGHT_MAX: usize = 32;
+/// On a connection that carries both classes, unsent bytes the kernel may hold: beyond this
+/// a send waits in user space, where an on-demand reply can still go ahead of it.
+const SHARED_NOTSENT_LOWAT: u32 = 128 * 1024;
 /// Runs of one request read at once (the pool bounds the total per core).
 const RUNS_IN_FLIGHT_PER_REQUEST: usize = 4;
 
@@ -31,7 +37,11 @@ struct Opened {
 
 struct Conn {
     stream: Stream,
-    send: async_lock::Mutex<Vec<u8>>,
+    send: SendLock<Vec<u8>>,
+    /// Classes seen in fetches (`[on-demand, background]`). Once both share this connection
+    /// (the frontend's QoS-less mode), background runs go out a chunk per send and the
+    /// kernel's unsent queue is kept short, so on-demand replies can overtake them.
+    classes_seen: Cell<[bool; 2]>,
     volumes: Arc<Vec<SourceVolume>>,
     opened: RefCell<HashMap<u32, Rc<Opened>>>,
     next_handle: Cell<u32>,
@@ -59,7 +69,8 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
     }
     let conn = Rc::new(Conn {
         stream: stream.clone(),
-        send: async_lock::Mutex::new(Vec::with_capacity(64 * 1024)),
+        send: SendLock::new(Vec::with_capacity(64 * 1024)),
+        classes_seen: Cell::new([false; 2]),
         volumes,
         opened: RefCell::new(HashMap::new()),
         next_handle: Cell::new(1),
@@ -70,7 +81,7 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
         metrics: metrics.clone(),
     });
     let mut reader = FrameReader::new(stream.clone());
-    let permits = std::sync::Arc::new(async_lock::Semaphore::new(FETCHES_IN_FLIGHT_MAX));
+    let permits = [(); 2].map(|_| Arc::new(async_lock::Semaphore::new(FETCHES_IN_FLIGHT_MAX)));
     let result = conn.read_loop(&mut reader, &permits).await;
     match result {
         Ok(()) => {
@@ -85,6 +96,8 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
                 logical_bytes = st.logical_bytes,
                 wire_bytes = st.wire_bytes,
                 zstd_level = conn.encoder.borrow().level(),
+                on_demand_overtakes = conn.send.overtakes(),
+                floor_handoffs = conn.send.floor_handoffs(),
                 "frontend disconnected"
             )
         }
@@ -111,7 +124,7 @@ impl Conn {
     async fn read_loop(
         self: &Rc<Self>,
         reader: &mut FrameReader,
-        permits: &std::sync::Arc<async_lock::Semaphore>,
+        permits: &[Arc<async_lock::Semaphore>; 2],
     ) -> Result<(), LinkError> {
         loop {
             let Some((id, frame)) = reader.next().await? else {
@@ -166,7 +179,9 @@ impl Conn {
                     chunks,
                 } => {
                     let opened = self.lookup(handle)?;
-                    let permit = permits.acquire_arc().await;
+                    tracing::debug!(?class, n = chunks.len(), chunks = ?&chunks[..chunks.len().min(64)], "fetch request");
+                    self.saw(class);
+                    let permit = permits[class_slot(class)].acquire_arc().await;
                     let conn = self.clone();
                     let m = self.metrics.clone();
                     m.request(class);
@@ -183,6 +198,21 @@ impl Conn {
                         drop(permit);
                     })
                     .detach();
+                }
+                Frame::Qos {
+                    handle,
+                    background_floor_bytes_per_s,
+                } => {
+                    self.lookup(handle)?;
+                    tracing::debug!(
+                        floor = background_floor_bytes_per_s,
+                        "background floor on this connection"
+                    );
+                    self.send.set_floor(background_floor_bytes_per_s);
+                    // The frontend says both classes will share this connection: keep the
+                    // kernel's queue short from the first reply, before a backlog forms.
+                    self.saw(Class::OnDemand);
+                    self.saw(Class::Background);
                 }
                 Frame::WriteBack {
                     handle,
@@ -232,14 +262,41 @@ impl Conn {
             .ok_or_else(|| LinkError::Protocol(format!("unknown volume handle {handle}")))
     }
 
+    /// Notes that `class` uses this connection; the first time both have, switches it to
+    /// shared mode.
+    fn saw(&self, class: Class) {
+        let mut seen = self.classes_seen.get();
+        if seen[class_slot(class)] {
+            return;
+        }
+        seen[class_slot(class)] = true;
+        self.classes_seen.set(seen);
+        if seen == [true, true] {
+            if let Err(e) = self.stream.set_notsent_lowat(SHARED_NOTSENT_LOWAT) {
+                tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set");
+            }
+            tracing::debug!("on-demand and background share this connection: replies by priority");
+        }
+    }
+
+    fn shared(&self) -> bool {
+        self.classes_seen.get() == [true, true]
+    }
+
+    /// Sends one control or error frame; it goes ahead of queued background data.
     async fn send_frame(&self, id: u64, f: &Frame<'_>) -> Result<(), LinkError> {
-        let mut guard = self.send.lock().await;
+        self.send_frame_as(id, f, Class::OnDemand).await
+    }
+
+    async fn send_frame_as(&self, id: u64, f: &Frame<'_>, class: Class) -> Result<(), LinkError> {
+        let mut guard = self.send.lock(class).await;
         let mut out = std::mem::take(&mut *guard);
         out.clear();
         f.encode(id, &mut out)?;
         let out_len = out.len();
         let (res, out) = self.stream.send_all(out, 0..out_len).await;
         *guard = out;
+        guard.sent(out_len as u64);
         Ok(res?)
     }
 
@@ -360,7 +417,7 @@ impl Conn {
                     code: ErrorCode::OutOfRange,
                     message: &msg,
                 };
-                self.send_frame(id, &f).await?;
+                self.send_frame_as(id, &f, class).await?;
                 i += 1;
                 continue;
             };
@@ -411,7 +468,13 @@ impl Conn {
         let pool = runtime::buf_pool();
         let run_len = (n * cs).min(vol.size_bytes - offset) as usize;
         let mut buf = if run_len <= pool.buf_size() {
-            pool.take().await
+            match (class, pool.try_take()) {
+                (_, Some(b)) => b,
+                // Background runs waiting for the link may hold every pool buffer; an
+                // on-demand run must not wait behind them for memory.
+                (Class::OnDemand, None) => AlignedBuf::new(run_len),
+                (Class::Background, None) => pool.take().await,
+            }
         } else {
             AlignedBuf::new(run_len)
         };
@@ -433,7 +496,7 @@ impl Conn {
                     code: ErrorCode::Io,
                     message: &msg,
                 };
-                self.send_frame(id, &f).await?;
+                self.send_frame_as(id, &f, class).await?;
             }
             return Ok(());
         }
@@ -442,86 +505,110 @@ impl Conn {
         // the wire in the order the encoder saw it — a reference never overtakes the data it
         // names. Compressing under the lock costs no link time: the kernel keeps sending what
         // the socket buffer holds meanwhile.
-        let guard = self.send.lock().await;
-        // All frames of the run in one gather send: headers (and compressed data) from
-        // `head`, raw data straight from the read buffer.
-        let mut head = Vec::with_capacity(n as usize * 64);
-        let mut parts = Vec::with_capacity(2 * n as usize);
-        let mut data_bytes = 0u64;
-        {
-            let mut encoder = self.encoder.borrow_mut();
-            for k in 0..n {
-                let start = (k * cs) as usize;
-                let end = (start + cs as usize).min(run_len);
-                let h0 = head.len();
-                if is_zero(&buf[start..end]) {
-                    self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
-                    self.metrics.chunk(class, Form::Zero, 0, 0);
-                    Frame::ChunkZero {
-                        handle,
-                        chunk: chunk + k,
-                    }
-                    .encode(id, &mut head)?;
-                    parts.push((false, h0..head.len()));
-                } else {
-                    let raw = &buf[start..end];
-                    let logical = raw.len() as u64;
-                    match encoder.encode(raw, allow_refs, allow_zstd) {
-                        Encoded::Raw => {
-                            self.metrics.chunk(class, Form::Raw, logical, logical);
-                            frame::encode_chunk_data_prefix(id, handle, chunk + k, raw, &mut head)?;
-                            parts.push((false, h0..head.len()));
-                            parts.push((true, start..end));
-                            data_bytes += (end - start) as u64;
+        // On a shared connection a background run goes out one chunk per send, each taking
+        // the lock anew, so an on-demand reply waits for one chunk at most, not a whole run.
+        let group = if class == Class::Background && self.shared() {
+            1
+        } else {
+            n
+        };
+        let mut first = 0u64;
+        while first < n {
+            let last = (first + group).min(n);
+            let guard = self.send.lock(class).await;
+            // All frames of the group in one gather send: headers (and compressed data) from
+            // `head`, raw data straight from the read buffer.
+            let mut head = Vec::with_capacity((last - first) as usize * 64);
+            let mut parts = Vec::with_capacity(2 * (last - first) as usize);
+            let mut data_bytes = 0u64;
+            {
+                let mut encoder = self.encoder.borrow_mut();
+                for k in first..last {
+                    let start = (k * cs) as usize;
+                    let end = (start + cs as usize).min(run_len);
+                    let h0 = head.len();
+                    if is_zero(&buf[start..end]) {
+                        self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
+                        self.metrics.chunk(class, Form::Zero, 0, 0);
+                        Frame::ChunkZero {
+                            handle,
+                            chunk: chunk + k,
                         }
-                        Encoded::Zstd { data, raw_crc } => {
-                            self.metrics
-                                .chunk(class, Form::Zstd, logical, data.len() as u64);
-                            // Within MAX_DATA_LEN: a chunk is at most 1 MiB and raw_len is its size.
-                            frame::encode_chunk_zstd_prefix(
-                                id,
-                                handle,
-                                chunk + k,
-                                raw.len() as u32,
-                                raw_crc,
-                                data,
-                                &mut head,
-                            )?;
-                            head.extend_from_slice(data);
-                            parts.push((false, h0..head.len()));
-                            data_bytes += data.len() as u64;
-                        }
-                        Encoded::Ref(digest) => {
-                            self.metrics
-                                .chunk(class, Form::Ref, logical, frame::DIGEST_LEN as u64);
-                            Frame::ChunkRef {
-                                handle,
-                                chunk: chunk + k,
-                                digest,
+                        .encode(id, &mut head)?;
+                        parts.push((false, h0..head.len()));
+                    } else {
+                        let raw = &buf[start..end];
+                        let logical = raw.len() as u64;
+                        match encoder.encode(raw, allow_refs, allow_zstd) {
+                            Encoded::Raw => {
+                                self.metrics.chunk(class, Form::Raw, logical, logical);
+                                frame::encode_chunk_data_prefix(
+                                    id,
+                                    handle,
+                                    chunk + k,
+                                    raw,
+                                    &mut head,
+                                )?;
+                                parts.push((false, h0..head.len()));
+                                parts.push((true, start..end));
+                                data_bytes += (end - start) as u64;
                             }
-                            .encode(id, &mut head)?;
-                            parts.push((false, h0..head.len()));
+                            Encoded::Zstd { data, raw_crc } => {
+                                self.metrics
+                                    .chunk(class, Form::Zstd, logical, data.len() as u64);
+                                // Within MAX_DATA_LEN: a chunk is at most 1 MiB and raw_len is its size.
+                                frame::encode_chunk_zstd_prefix(
+                                    id,
+                                    handle,
+                                    chunk + k,
+                                    raw.len() as u32,
+                                    raw_crc,
+                                    data,
+                                    &mut head,
+                                )?;
+                                head.extend_from_slice(data);
+                                parts.push((false, h0..head.len()));
+                                data_bytes += data.len() as u64;
+                            }
+                            Encoded::Ref(digest) => {
+                                self.metrics.chunk(
+                                    class,
+                                    Form::Ref,
+                                    logical,
+                                    frame::DIGEST_LEN as u64,
+                                );
+                                Frame::ChunkRef {
+                                    handle,
+                                    chunk: chunk + k,
+                                    digest,
+                                }
+                                .encode(id, &mut head)?;
+                                parts.push((false, h0..head.len()));
+                            }
                         }
+                        self.chunks_sent.set(self.chunks_sent.get() + 1);
                     }
-                    self.chunks_sent.set(self.chunks_sent.get() + 1);
                 }
             }
+            let wire: u64 = parts.iter().map(|(_, r)| r.len() as u64).sum();
+            let gather = Gather::new(head, buf, parts);
+            let t_send = std::time::Instant::now();
+            let (res, gather) = self.stream.send_gather_all(gather).await;
+            self.encoder.borrow_mut().sent(t_send.elapsed());
+            guard.sent(wire);
+            drop(guard);
+            buf = gather.body;
+            tracing::trace!(
+                chunk = chunk + first,
+                n = last - first,
+                read_us,
+                send_us = t_send.elapsed().as_micros(),
+                "run timing"
+            );
+            res?;
+            self.bytes_sent.set(self.bytes_sent.get() + data_bytes);
+            first = last;
         }
-        let gather = Gather::new(head, buf, parts);
-        let t_send = std::time::Instant::now();
-        let (res, gather) = self.stream.send_gather_all(gather).await;
-        self.encoder.borrow_mut().sent(t_send.elapsed());
-        drop(guard);
-        drop(gather);
-        tracing::trace!(
-            chunk,
-            n,
-            read_us,
-            send_us = t_send.elapsed().as_micros(),
-            "run timing"
-        );
-        res?;
-        self.bytes_sent.set(self.bytes_sent.get() + data_bytes);
         Ok(())
     }
 
@@ -534,7 +621,7 @@ impl Conn {
     ) -> Result<(), LinkError> {
         self.zero_chunks_sent.set(self.zero_chunks_sent.get() + 1);
         self.metrics.chunk(class, Form::Zero, 0, 0);
-        self.send_frame(id, &Frame::ChunkZero { handle, chunk })
+        self.send_frame_as(id, &Frame::ChunkZero { handle, chunk }, class)
             .await
     }
 
@@ -670,6 +757,13 @@ pub(crate) fn is_zero(data: &[u8]) -> bool {
         .into_iter()
         .all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0)
         && tail.iter().all(|&b| b == 0)
+}
+
+fn class_slot(class: Class) -> usize {
+    match class {
+        Class::OnDemand => 0,
+        Class::Background => 1,
+    }
 }
 
 #[cfg(test)]

@@ -10,13 +10,14 @@
 mod conn;
 mod encode;
 pub mod metrics;
+mod sendq;
 pub mod volume;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::runtime::{self, CoreSet, Listener, RuntimeConfig};
+use crate::runtime::{self, CoreSet, Listener, RuntimeConfig, Stream};
 use volume::{SourceVolume, VolumeError};
 
 pub struct BackendConfig {
@@ -129,7 +130,10 @@ pub fn run(
             }
             crate::accept::round_robin(
                 listener,
-                move |stream| conn::serve(stream, volumes.clone(), counters.clone()),
+                move |stream| {
+                    reflect_tos(&stream);
+                    conn::serve(stream, volumes.clone(), counters.clone())
+                },
                 || false,
             )
             .await;
@@ -137,4 +141,85 @@ pub fn run(
     })?;
     set.join()?;
     Ok(())
+}
+
+/// The two ECN bits of the TOS byte: TCP manages them itself, they are no mark.
+const ECN_MASK: u8 = 0b11;
+
+/// Marks our replies like the client marked its requests. The frontend puts DSCP CS1 on
+/// its background connection, but the heavy direction is ours (chunk data): unmarked, it
+/// would compete with on-demand replies in a network that honours DSCP. The mark comes
+/// from the client's handshake, so the wire protocol does not change. Best effort: a
+/// failure only costs the QoS, never the connection.
+fn reflect_tos(stream: &Stream) {
+    match stream.received_tos() {
+        Ok(Some(tos)) if tos & !ECN_MASK != 0 => {
+            let tos = tos & !ECN_MASK;
+            match stream.set_tos(tos) {
+                Ok(()) => tracing::debug!(
+                    tos = format_args!("{tos:#04x}"),
+                    dscp = tos >> 2,
+                    "replies marked like the client's connection"
+                ),
+                Err(e) => tracing::debug!(error = %e, tos, "cannot mark replies"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read the client's TOS"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{block_on, spawn, ConnectOpts};
+
+    /// The TOS the stream's packets go out with.
+    fn sent_tos(s: &Stream) -> libc::c_int {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an open socket; a writable c_int and its exact size.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_TOS,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "getsockopt IP_TOS: {}",
+            std::io::Error::last_os_error()
+        );
+        v
+    }
+
+    #[test]
+    fn replies_carry_the_mark_of_the_clients_handshake() {
+        let cfg = RuntimeConfig {
+            cores: 1,
+            pin: false,
+            ring_entries: 64,
+            buf_size: 64 << 10,
+            bufs_per_core: 4,
+        };
+        block_on(cfg, async {
+            for (mark, expect) in [(Some(0x20u8), 0x20), (None, 0)] {
+                let l = Listener::bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+                let addr: SocketAddr = l.local_addr().parse().expect("addr");
+                let accept = spawn(async move { l.accept().await });
+                let opts = ConnectOpts {
+                    tos: mark,
+                    ..ConnectOpts::default()
+                };
+                let _c = Stream::connect_tcp(addr, &opts).await.expect("connect");
+                let s = accept.await.expect("accept");
+                reflect_tos(&s);
+                assert_eq!(sent_tos(&s), expect);
+            }
+        });
+    }
 }

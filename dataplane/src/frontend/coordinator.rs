@@ -27,6 +27,15 @@ pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
         fetch_retries: s.fetch_retries.get(),
         fetches_in_flight: shard.fetches_in_flight.get() as u64,
         unsynced_chunks: shard.unsynced(),
+        cap: shard.background_cap.as_ref().map(|c| {
+            let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            (
+                c.window() as u64,
+                c.outstanding() as u64,
+                c.base_rtt().map_or(0, us),
+                us(c.queue_delay()),
+            )
+        }),
     }
 }
 
@@ -47,14 +56,29 @@ pub async fn status(vol: &Rc<Volume>) -> Status {
                 on_demand: latency.on_demand.clone(),
                 background: latency.background.clone(),
             };
-            (numbers(&s), s.background_rate.get(), copy)
+            (
+                numbers(&s),
+                s.background_rate.get(),
+                copy,
+                s.prefetch.numbers(),
+            )
         })
         .await;
     let mut latency = FetchLatency::default();
-    for (n, rate, l) in &all {
+    for (n, rate, l, _) in &all {
         st.add(n);
         st.background_rate_bytes_per_s = *rate;
         latency.merge(l);
+    }
+    let prefetch: Vec<_> = all.into_iter().map(|(.., p)| p).collect();
+    st.prefetch_class = crate::prefetch::local::class_name(&prefetch, st.chunks_untouched);
+    for p in &prefetch {
+        st.prefetch_reads += p.reads;
+        st.prefetch_hits += p.hits;
+        st.prefetch_recording = st.prefetch_recording.take().or(p.recording.clone());
+        for (class, n) in crate::prefetch::Class::ALL.iter().zip(p.batches) {
+            *st.prefetch_batches.entry(class.name().into()).or_default() += n;
+        }
     }
     st.fetch_latency_us = Some(FetchLatencies {
         on_demand: LatencySummary::of(&latency.on_demand),

@@ -166,6 +166,7 @@ impl Shard {
                         message,
                     } if remaining.contains(&chunk) => {
                         remaining.remove(&chunk);
+                        self.answered(class);
                         self.fetch_failed(chunk, format!("backend: {code:?}: {message}"));
                         continue;
                     }
@@ -208,9 +209,16 @@ impl Shard {
                     break;
                 }
                 if first_reply_us == 0 {
-                    first_reply_us = t0.elapsed().as_micros();
+                    let first = t0.elapsed();
+                    first_reply_us = first.as_micros().max(1);
+                    // Only a first attempt measures the path: a retry's time includes the
+                    // back-off and the reconnect.
+                    if let (Some(cap), 1) = (&self.background_cap, attempt) {
+                        cap.sample(first, class == Class::Background);
+                    }
                 }
                 remaining.remove(&chunk);
+                self.answered(class);
                 // Fills of one request run concurrently: the target sees many writes in
                 // flight instead of one 64 KiB write at a time.
                 let shard = self.clone();
@@ -231,6 +239,7 @@ impl Shard {
             }
         }
         for chunk in remaining {
+            self.answered(class);
             self.fetch_failed(chunk, format!("{last_error} (after {attempt} attempts)"));
         }
         let got_us = t0.elapsed().as_micros();
@@ -246,6 +255,15 @@ impl Shard {
             filled_us = t0.elapsed().as_micros(),
             "fetch timing"
         );
+    }
+
+    /// One chunk of a request is answered (or given up): in the shared QoS mode its room
+    /// under the background cap opens at once, not when the whole batch is stored, so the
+    /// link stays full with a window of only a few chunks.
+    fn answered(&self, class: Class) {
+        if let (Some(cap), Class::Background) = (&self.background_cap, class) {
+            cap.release(1);
+        }
     }
 
     fn fetch_failed(&self, chunk: u64, reason: String) {

@@ -108,7 +108,17 @@ pub fn render(st: &Status) -> String {
         e.family(name, Kind::Counter, help)
             .sample(name, &v, n as f64);
     }
-    let gauges: [(&str, &str, u64); 5] = [
+    let gauges: [(&str, &str, u64); 7] = [
+        (
+            "ferry_frontend_background_window_chunks",
+            "Shared QoS mode: background chunks allowed outstanding (adaptive cap; 0 in separate mode).",
+            st.background_window_chunks,
+        ),
+        (
+            "ferry_frontend_queue_delay_microseconds",
+            "Shared QoS mode: queueing delay the background cap measures (first reply minus base RTT).",
+            st.queue_delay_us,
+        ),
         (
             "ferry_frontend_fetches_in_flight",
             "Chunks with a fetch in flight (queue depth toward the backend).",
@@ -144,6 +154,7 @@ pub fn render(st: &Status) -> String {
         "Background rate limit; -1 unlimited, 0 paused.",
         st.background_rate_bytes_per_s.map_or(-1.0, |r| r as f64),
     );
+    prefetch(&mut e, st);
     let lat = st.fetch_latency_us.clone().unwrap_or_default();
     let name = "ferry_frontend_fetch_latency_seconds";
     e.family(
@@ -158,6 +169,47 @@ pub fn render(st: &Status) -> String {
         summary(&mut e, name, vol, class, s);
     }
     e.finish()
+}
+
+fn prefetch(e: &mut Exposition, st: &Status) {
+    let vol = st.volume.as_str();
+    let v = [("volume", vol)];
+    for (name, help, n) in [
+        (
+            "ferry_frontend_prefetch_reads_total",
+            "Reads served during migration (pieces within one stripe).",
+            st.prefetch_reads,
+        ),
+        (
+            "ferry_frontend_prefetch_hits_total",
+            "Reads served during migration whose chunks were all on the target already.",
+            st.prefetch_hits,
+        ),
+    ] {
+        e.family(name, Kind::Counter, help)
+            .sample(name, &v, n as f64);
+    }
+    let classes = crate::prefetch::Class::ALL.map(|c| c.name());
+    let name = "ferry_frontend_prefetch_class";
+    e.family(
+        name,
+        Kind::Gauge,
+        "1 for the priority class background migration takes chunks from now.",
+    );
+    for class in classes.iter().copied().chain(["starting", "done"]) {
+        let now = f64::from(u8::from(st.prefetch_class == class));
+        e.sample(name, &[("volume", vol), ("class", class)], now);
+    }
+    let name = "ferry_frontend_prefetch_batches_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Background batches per priority class.",
+    );
+    for class in classes {
+        let n = st.prefetch_batches.get(class).copied().unwrap_or(0);
+        e.sample(name, &[("volume", vol), ("class", class)], n as f64);
+    }
 }
 
 fn summary(e: &mut Exposition, name: &str, vol: &str, class: &str, s: &LatencySummary) {
@@ -197,6 +249,15 @@ mod tests {
         let t = render(&st);
         assert!(t.contains("ferry_frontend_chunks{volume=\"db\",state=\"untouched\"} 3\n"));
         assert!(t.contains("# TYPE ferry_frontend_fetch_latency_seconds summary\n"));
+        assert!(t.contains("ferry_frontend_prefetch_class{volume=\"db\",class=\"in-order\"} 0\n"));
+        let st = Status {
+            prefetch_class: "recording".into(),
+            prefetch_hits: 2,
+            ..st
+        };
+        let t2 = render(&st);
+        assert!(t2.contains("ferry_frontend_prefetch_class{volume=\"db\",class=\"recording\"} 1\n"));
+        assert!(t2.contains("ferry_frontend_prefetch_hits_total{volume=\"db\"} 2\n"));
         let families = t.lines().filter(|l| l.starts_with("# TYPE")).count();
         assert_eq!(
             families,

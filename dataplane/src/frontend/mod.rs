@@ -59,6 +59,18 @@ impl std::fmt::Display for NbdListen {
     }
 }
 
+/// How on-demand and background traffic share the WAN (seed §4.4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QosMode {
+    /// QoS-ready WAN: background on its own connections, marked with a DSCP class the
+    /// network can deprioritise.
+    Separate,
+    /// QoS-less WAN: one connection; the backend sends on-demand replies first, and the
+    /// frontend keeps outstanding background just large enough to fill the link
+    /// ([`crate::hydrate::cap`]), with a floor.
+    Shared,
+}
+
 #[derive(Debug, Clone)]
 pub struct FrontendConfig {
     pub backend: SocketAddr,
@@ -72,6 +84,10 @@ pub struct FrontendConfig {
     pub background_rate: Option<u64>,
     /// TOS byte of the background connection (DSCP << 2), e.g. 0x20 for CS1 "scavenger".
     pub background_tos: Option<u8>,
+    /// One connection per core for both classes, or a background one of its own.
+    pub qos: QosMode,
+    /// In the shared mode: background bytes/s kept flowing under on-demand load.
+    pub background_floor: u64,
     pub hydrate: HydrateConfig,
     /// Offer zstd-compressed chunks (the backend still sends raw when that is faster).
     pub compress: bool,
@@ -81,6 +97,13 @@ pub struct FrontendConfig {
     pub metrics: Option<Arc<std::net::TcpListener>>,
     /// Record every request the export serves into this new file (`crate::recording`).
     pub record: Option<PathBuf>,
+    /// The target *is* the source (`ferry record`): every chunk starts `Present`, so nothing
+    /// is ever fetched, and set-up never zeroes, allocates or creates the target, because
+    /// that would change the workload's own disk.
+    pub passthrough: bool,
+    /// `--prefetch`: a recording, or a directory of them, ordering background hydration
+    /// (`crate::prefetch`).
+    pub prefetch: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +130,8 @@ pub enum FrontendError {
     Dedup(#[from] crate::dedup::StoreError),
     #[error(transparent)]
     Recording(#[from] crate::recording::RecordingError),
+    #[error(transparent)]
+    Prefetch(#[from] crate::prefetch::PrefetchError),
 }
 
 fn state_err(dir: &Path, message: impl std::fmt::Display) -> FrontendError {
@@ -139,6 +164,13 @@ pub fn run(
     fs::create_dir_all(&dir).map_err(|e| state_err(&dir, e))?;
     let existing = state::load(&dir).map_err(|e| state_err(&dir, e))?;
     if let Some(s) = &existing {
+        if cfg.passthrough {
+            // The source may have changed since that map was written; only a new map is true.
+            return Err(state_err(
+                &dir,
+                "a pass-through export needs a new state dir; this one holds a session",
+            ));
+        }
         check_resume(&cfg, s)?;
     }
     let info = blocking::open_volume(cfg.backend, &cfg.volume, cfg.chunk_size_bytes).map_err(
@@ -147,6 +179,11 @@ pub fn run(
             source,
         },
     )?;
+    // A recording named by --prefetch is refused before anything is created.
+    let prefetch = match &cfg.prefetch {
+        Some(path) => Some(choose_prefetch(&cfg, path, info.size_bytes)?),
+        None => None,
+    };
     let new_session = existing.is_none();
     let session = match existing {
         Some(s) => {
@@ -166,6 +203,7 @@ pub fn run(
     };
     let cores = cfg.cores.max(1);
     let geo = Geometry::new(session.volume_size_bytes, session.chunk_size_bytes, cores);
+    let prefetch = Arc::new(prefetch_plan(prefetch, &geo));
     let body = map::file::load(&state::map_path(&dir), &geo).map_err(|e| state_err(&dir, e))?;
     let resident = Arc::new(ResidentMap::new(geo.chunk_count));
     let whole = VolumeMap::from_body(&geo, 0, &body);
@@ -219,6 +257,7 @@ pub fn run(
         resident,
         dedup: dedup.clone(),
         recorder: recorder.as_ref().map(|r| r.sink()),
+        prefetch,
     });
     let set = CoreSet::start(rt, move |core| {
         let ready = if core == 0 {
@@ -312,6 +351,45 @@ fn start_recording(
     Ok(r)
 }
 
+/// The recording `--prefetch` names (if any matches) and chunk 0 of the source, which also
+/// locates the ext4 hot areas.
+fn choose_prefetch(
+    cfg: &FrontendConfig,
+    path: &Path,
+    size_bytes: u64,
+) -> Result<(Option<crate::recording::Recording>, Vec<u8>), FrontendError> {
+    let head = blocking::read_first_chunk(cfg.backend, &cfg.volume, cfg.chunk_size_bytes).map_err(
+        |source| FrontendError::Backend {
+            addr: cfg.backend,
+            source,
+        },
+    )?;
+    let uuid = crate::fsaware::ext4_uuid(&head);
+    let rec = crate::prefetch::select::choose(path, size_bytes, uuid)?;
+    match &rec {
+        Some(r) => {
+            tracing::info!(recording = %r.path().display(), events = r.events().len(), "prefetch: using recording")
+        }
+        None => {
+            tracing::info!(dir = %path.display(), "prefetch: no recording matches this volume; prefetching ext4 metadata, neighbours, then in order")
+        }
+    }
+    Ok((rec, head))
+}
+
+fn prefetch_plan(
+    chosen: Option<(Option<crate::recording::Recording>, Vec<u8>)>,
+    geo: &Geometry,
+) -> crate::prefetch::Plan {
+    let Some((rec, head)) = chosen else {
+        return crate::prefetch::Plan::empty(geo);
+    };
+    let (hot, note) = crate::prefetch::hot::hot_chunks(&head, geo);
+    let plan = crate::prefetch::Plan::build(rec.as_ref(), hot, geo);
+    tracing::info!(ranked = plan.ranked.len(), sequence = plan.sequence.len(), hot = plan.hot.len(), found = %note, "prefetch plan");
+    plan
+}
+
 fn check_resume(cfg: &FrontendConfig, s: &SessionState) -> Result<(), FrontendError> {
     let dir = &cfg.state_dir;
     match s.phase {
@@ -349,6 +427,9 @@ fn create_session(
     let size = info.size_bytes;
     let path = &cfg.target;
     let geo = Geometry::new(size, cfg.chunk_size_bytes, 1);
+    if cfg.passthrough {
+        return create_passthrough_session(cfg, &geo);
+    }
     let fresh;
     let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => {
@@ -406,6 +487,63 @@ fn create_session(
     Ok(s)
 }
 
+/// A session whose target is the source itself: checked, never modified; the map says every
+/// chunk is `Present` (holes included: the source reads zeros there by itself).
+fn create_passthrough_session(
+    cfg: &FrontendConfig,
+    geo: &Geometry,
+) -> Result<SessionState, FrontendError> {
+    let path = &cfg.target;
+    let size = geo.volume_size_bytes;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| target_err(path, e))?;
+    let meta = f.metadata().map_err(|e| target_err(path, e))?;
+    let have = if meta.file_type().is_block_device() {
+        crate::sys::block_device_size(&f).map_err(|e| target_err(path, e))?
+    } else {
+        meta.len()
+    };
+    if have != size {
+        return Err(target_err(
+            path,
+            format!("it holds {have} bytes; the backend serving it reports {size}"),
+        ));
+    }
+    drop(f);
+    let map_path = state::map_path(&cfg.state_dir);
+    map::file::create(&map_path, geo, &[]).map_err(|e| state_err(&cfg.state_dir, e))?;
+    mark_all_present(&map_path, geo).map_err(|e| state_err(&cfg.state_dir, e))?;
+    let s = SessionState {
+        format: state::STATE_FORMAT,
+        volume: cfg.volume.clone(),
+        volume_size_bytes: size,
+        chunk_size_bytes: cfg.chunk_size_bytes,
+        target: cfg.target.clone(),
+        target_fresh: false,
+        phase: Phase::Migrating,
+    };
+    state::store(&cfg.state_dir, &s).map_err(|e| state_err(&cfg.state_dir, e))?;
+    tracing::info!(volume = %s.volume, size, chunks = geo.chunk_count, "new pass-through session: the target is the source");
+    Ok(s)
+}
+
+/// Rewrites a new map's body with every chunk `Present`, durably.
+fn mark_all_present(path: &Path, geo: &Geometry) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let present = ChunkState::Present.code();
+    let mut body = vec![0u8; wire_format::state::map_bytes(geo.chunk_count) as usize];
+    for c in 0..geo.chunk_count {
+        body[(c / 4) as usize] |= present << ((c % 4) * 2);
+    }
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    f.seek(SeekFrom::Start(wire_format::state::MAP_HEADER_LEN as u64))?;
+    f.write_all(&body)?;
+    f.sync_all()
+}
+
 fn zero_runs(file: &fs::File, geo: &Geometry, chunks: &[u64]) -> std::io::Result<()> {
     let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
     let mut i = 0;
@@ -457,6 +595,7 @@ struct CoreSetup {
     resident: Arc<ResidentMap>,
     dedup: Option<Arc<crate::dedup::DedupIndex>>,
     recorder: Option<crate::recording::RecordSink>,
+    prefetch: Arc<crate::prefetch::Plan>,
 }
 
 async fn start_core(
@@ -473,6 +612,7 @@ async fn start_core(
         resident,
         dedup,
         recorder,
+        prefetch,
     } = setup;
     let (geo, min_block) = (*geo, *min_block);
     let direct = OpenOptions {
@@ -499,6 +639,7 @@ async fn start_core(
     if dedup.is_some() {
         capabilities |= wire_format::frame::CAP_REFS;
     }
+    let shared = cfg.qos == QosMode::Shared;
     let link = |tos| LinkConfig {
         addr: cfg.backend,
         volume: cfg.volume.clone(),
@@ -506,11 +647,15 @@ async fn start_core(
         tos,
         capabilities,
         dedup: dedup.clone(),
+        // The backend shares out the one connection; its floor is per connection, and
+        // every core has one.
+        background_floor: shared.then(|| cfg.background_floor / geo.cores.max(1) as u64),
     };
     let counters = Rc::new(crate::link::client::LinkCounters::default());
     let core_dedup = dedup
         .as_ref()
         .map(|d| dedup::CoreDedup::open(d.clone(), &target));
+    let on_demand = Rc::new(LinkSlot::new(link(None), bufs.clone(), counters.clone()));
     let shard = Rc::new(shard::Shard {
         id: core,
         geo,
@@ -521,8 +666,23 @@ async fn start_core(
         resident: resident.clone(),
         chunks: Default::default(),
         sync: Default::default(),
-        on_demand: LinkSlot::new(link(None), bufs.clone(), counters.clone()),
-        background: LinkSlot::new(link(cfg.background_tos), bufs.clone(), counters.clone()),
+        on_demand: on_demand.clone(),
+        background: if shared {
+            on_demand
+        } else {
+            Rc::new(LinkSlot::new(
+                link(cfg.background_tos),
+                bufs.clone(),
+                counters.clone(),
+            ))
+        },
+        background_cap: shared.then(|| {
+            crate::hydrate::cap::BackgroundCap::new(
+                geo.chunk_size_bytes,
+                cfg.hydrate.batch_chunks * cfg.hydrate.in_flight,
+                cfg.background_floor / geo.cores.max(1) as u64,
+            )
+        }),
         bufs,
         fill_permits: Arc::new(async_lock::Semaphore::new(FILLS_IN_FLIGHT)),
         stats: Default::default(),
@@ -534,6 +694,7 @@ async fn start_core(
         background_rate: std::cell::Cell::new(cfg.background_rate),
         link_counters: counters,
         dedup: core_dedup,
+        prefetch: crate::prefetch::ShardPrefetch::new(prefetch.clone(), &geo, core),
     });
     volume::install_shard(shard.clone());
     let vol = Rc::new(volume::Volume {

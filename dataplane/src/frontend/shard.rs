@@ -113,8 +113,11 @@ pub struct Shard {
     pub resident: std::sync::Arc<crate::map::resident::ResidentMap>,
     pub chunks: RefCell<HashMap<u64, Rc<ChunkSlot>>>,
     pub sync: SyncState,
-    pub on_demand: LinkSlot,
-    pub background: LinkSlot,
+    pub on_demand: Rc<LinkSlot>,
+    /// The on-demand slot itself in the shared (QoS-less) mode.
+    pub background: Rc<LinkSlot>,
+    /// Background chunks outstanding in the shared mode (`None`: separate connections).
+    pub background_cap: Option<crate::hydrate::cap::BackgroundCap>,
     pub bufs: Rc<ChunkBufs>,
     /// Bounds target writes of fetched data in flight, so fills cannot flood the device queue
     /// and starve reads (the backend's, when source and target share a device, and the
@@ -134,6 +137,8 @@ pub struct Shard {
     pub link_counters: Rc<crate::link::client::LinkCounters>,
     /// Content dedup, when the frontend keeps an index.
     pub dedup: Option<super::dedup::CoreDedup>,
+    /// Which chunks background hydration takes next, and the reads served on this core.
+    pub prefetch: crate::prefetch::ShardPrefetch,
 }
 
 impl Shard {

@@ -68,6 +68,37 @@ pub struct Status {
     pub fetch_latency_us: Option<FetchLatencies>,
     pub uptime_ms: u64,
     pub background_rate_bytes_per_s: Option<u64>,
+    /// How on-demand and background share the WAN: `separate` or `shared` (`--qos`).
+    #[serde(default)]
+    pub qos: String,
+    /// Shared mode: background chunks allowed outstanding now (adaptive cap, all cores) and
+    /// outstanding; the base round trip and the queueing delay the cap steers by (the
+    /// largest over cores).
+    #[serde(default)]
+    pub background_window_chunks: u64,
+    #[serde(default)]
+    pub background_outstanding_chunks: u64,
+    #[serde(default)]
+    pub base_rtt_us: u64,
+    #[serde(default)]
+    pub queue_delay_us: u64,
+    /// Prefetch (`crate::prefetch`): the class the background's last batch came from
+    /// (`recording`, `sequence`, `fs-metadata`, `neighbours`, `in-order`; `starting` before
+    /// the first batch, `done` once nothing is untouched; empty when not running).
+    #[serde(default)]
+    pub prefetch_class: String,
+    /// The recording prefetch follows, if any.
+    #[serde(default)]
+    pub prefetch_recording: Option<String>,
+    /// Reads served during migration (per piece of a request inside one stripe), and those
+    /// whose chunks were all on the target already: the prefetch hit rate is hits / reads.
+    #[serde(default)]
+    pub prefetch_reads: u64,
+    #[serde(default)]
+    pub prefetch_hits: u64,
+    /// Background batches per class, keyed by class name.
+    #[serde(default)]
+    pub prefetch_batches: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -125,6 +156,8 @@ pub struct ShardNumbers {
     pub deduped_chunks: u64,
     pub deduped_bytes: u64,
     pub ref_misses: u64,
+    /// `Some` in the shared QoS mode: (window, outstanding, base RTT µs, queue delay µs).
+    pub cap: Option<(u64, u64, u64, u64)>,
 }
 
 impl Status {
@@ -150,6 +183,18 @@ impl Status {
         self.fetches_in_flight += n.fetches_in_flight;
         self.unsynced_chunks += n.unsynced_chunks;
         self.unsynced_bytes = self.unsynced_chunks * u64::from(self.chunk_size_bytes);
+        match n.cap {
+            Some((window, outstanding, rtt, delay)) => {
+                self.qos = "shared".into();
+                self.background_window_chunks += window;
+                self.background_outstanding_chunks += outstanding;
+                self.base_rtt_us = self.base_rtt_us.max(rtt);
+                self.queue_delay_us = self.queue_delay_us.max(delay);
+            }
+            // Only a running frontend knows its mode.
+            None if self.running && self.qos.is_empty() => self.qos = "separate".into(),
+            None => {}
+        }
     }
 }
 

@@ -95,7 +95,10 @@ impl Volume {
         let cs = u64::from(self.geo.chunk_size_bytes);
         let first = offset / cs;
         let last = (offset + u64::from(len) - 1) / cs;
-        if self.resident.all_set(first, last) {
+        let resident = self.resident.all_set(first, last);
+        // Every read served here counts for the hit rate and drives the prediction.
+        crate::prefetch::local::on_read(self, first, last, resident);
+        if resident {
             buf.set_len(len as usize);
             let (res, buf) = local_shard().target.read_exact_at(buf, offset).await;
             res.map_err(|e| VolError::target("read", offset, &e))?;

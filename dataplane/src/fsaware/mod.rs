@@ -59,6 +59,10 @@ mod source;
 
 pub use free_space::FreeSpace;
 pub use source::{BlockSource, FileSource};
+// Prefetch (`crate::prefetch::hot`) locates hot metadata with the same checked parsers; it
+// never decides what is free with them.
+pub(crate) use ext4::group_desc::read_all as read_group_descs;
+pub(crate) use ext4::superblock::Superblock;
 
 /// Why the free space of a source could not be determined. Every variant means "migrate every
 /// block"; none is a reason to fail the migration itself.

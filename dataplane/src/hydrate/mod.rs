@@ -2,8 +2,9 @@
 //! target, in batches (`batch_chunks` per request) with `in_flight` requests pipelined. Each
 //! finished batch asks for a sync; concurrent batches share sync rounds (group commit).
 //!
-//! Order (issue 2): ascending chunk order within the shard. On-demand fetches use their own
-//! connection, so they never queue behind these batches at the backend.
+//! Order (issue 5): by priority class (recording, sequence, ext4 metadata, neighbours, then
+//! ascending), see `crate::prefetch`. On-demand fetches use their own connection, so they
+//! never queue behind these batches at the backend.
 //!
 //! The rate limit is a token bucket in bytes/s; a rate of 0 pauses hydration (on-demand
 //! fetches still work). Cutover and abort hold hydration and wait for batches in flight.
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use wire_format::frame::Class;
 use wire_format::state::ChunkState;
+
+pub mod cap;
 
 use crate::frontend::shard::Shard;
 use crate::runtime;
@@ -53,12 +56,14 @@ impl Bucket {
 }
 
 pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
-    let permits = std::sync::Arc::new(async_lock::Semaphore::new(cfg.in_flight.max(1)));
+    // Under the shared-mode cap, room opens a chunk at a time and batches are small: the cap,
+    // not the request count, must bound what is outstanding.
+    let requests = cfg.in_flight.max(1) * if shard.background_cap.is_some() { 8 } else { 1 };
+    let permits = std::sync::Arc::new(async_lock::Semaphore::new(requests));
     let mut bucket = Bucket {
         tokens: 0.0,
         last: Instant::now(),
     };
-    let mut cursor = 0u64;
     let mut batch = Vec::with_capacity(cfg.batch_chunks);
     let started = Instant::now();
     tracing::debug!(core = shard.id, "background hydration starting");
@@ -75,17 +80,16 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
         if shard.hydration_held.get() {
             continue;
         }
+        // Shared connection: no more outstanding than the adaptive cap allows.
+        let limit = match &shard.background_cap {
+            Some(cap) => cap.grant(cfg.batch_chunks).await,
+            None => cfg.batch_chunks,
+        };
+        let cap = shard.background_cap.as_ref();
         batch.clear();
-        for c in shard.geo.owned_chunks_from(shard.id, cursor) {
-            cursor = c + 1;
-            if shard.state(c) == ChunkState::Untouched
-                && shard.existing_slot(c).is_none_or(|s| !s.fetching.get())
-            {
-                batch.push(c);
-                if batch.len() == cfg.batch_chunks {
-                    break;
-                }
-            }
+        shard.prefetch.fill(&shard, &mut batch, limit);
+        if let Some(cap) = cap {
+            cap.release(limit - batch.len());
         }
         if batch.is_empty() {
             drop(permit);
@@ -93,7 +97,7 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
                 break;
             }
             // What is left is in flight or failed: come back for it after a pause.
-            cursor = 0;
+            shard.prefetch.restart();
             runtime::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -105,7 +109,10 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
             // Paused (or held) while this batch waited for its tokens: it must not go out
             // (a pause stops background traffic on the wire, not one batch later).
             if shard.background_rate.get() == Some(0) || shard.hydration_held.get() {
-                cursor = batch[0];
+                shard.prefetch.requeue(&batch);
+                if let Some(cap) = cap {
+                    cap.release(batch.len());
+                }
                 continue;
             }
         }
@@ -122,11 +129,15 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
             .detach();
         });
         let n = shard.start_fetch(&batch, Class::Background, Some(done));
+        // The fetch gives back each chunk it asks for as its answer comes; these it skipped.
+        if let Some(cap) = cap {
+            cap.release(batch.len() - n);
+        }
         tracing::trace!(core = shard.id, first = batch[0], n, "background batch");
     }
     // Make the last batches durable before reporting completion.
-    let mut held = Vec::with_capacity(cfg.in_flight);
-    for _ in 0..cfg.in_flight.max(1) {
+    let mut held = Vec::with_capacity(requests);
+    for _ in 0..requests {
         held.push(permits.acquire_arc().await);
     }
     if let Err(e) = shard.sync().await {

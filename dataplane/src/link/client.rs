@@ -57,6 +57,8 @@ pub struct LinkConfig {
     pub capabilities: u64,
     /// With `CAP_REFS`: the index whose digests are announced when the link opens.
     pub dedup: Option<std::sync::Arc<DedupIndex>>,
+    /// Both classes on this connection: the background floor the backend keeps (bytes/s).
+    pub background_floor: Option<u64>,
 }
 
 /// Most digests announced per connection: 4M × 32 bytes = 128 MiB. Beyond that, content is
@@ -192,6 +194,17 @@ impl BackendLink {
             if let Some(index) = &cfg.dedup {
                 announce(&stream, handle, index).await?;
             }
+        }
+        if let Some(floor) = cfg.background_floor {
+            let mut out = Vec::new();
+            Frame::Qos {
+                handle,
+                background_floor_bytes_per_s: floor,
+            }
+            .encode(0, &mut out)?;
+            let out_len = out.len();
+            let (res, _) = stream.send_all(out, 0..out_len).await;
+            res?;
         }
         let link = Rc::new(BackendLink {
             stream,

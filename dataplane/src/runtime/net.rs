@@ -28,12 +28,19 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds with SO_REUSEADDR and a listen backlog of 1024.
+    /// Binds with SO_REUSEADDR and a listen backlog of 1024. On IPv4, accepted streams
+    /// also record the TOS their client connected with ([`Stream::received_tos`]).
     pub fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
         let l = std::net::TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
         let local = l.local_addr()?.to_string();
         let fd: OwnedFd = l.into();
+        if addr.is_ipv4() {
+            // Only a QoS nicety (replies marked like requests): never fail a bind over it.
+            if let Err(e) = sys::set_recv_tos(fd.as_fd()) {
+                tracing::debug!(error = %e, %addr, "IP_RECVTOS not set: client marks will not be reflected");
+            }
+        }
         sys::listen(fd.as_fd(), LISTEN_BACKLOG)?;
         Ok(Listener {
             fd: Arc::new(Fd::new(fd)),
@@ -192,12 +199,41 @@ impl Stream {
         self.fd.as_raw_fd()
     }
 
+    /// Sets TCP_NOTSENT_LOWAT: a send waits (the ring's poll) while the kernel holds more
+    /// than `bytes` not yet sent, which keeps a queue that user space can still reorder.
+    pub fn set_notsent_lowat(&self, bytes: u32) -> io::Result<()> {
+        let n = libc::c_int::try_from(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "low-water mark too large"))?;
+        sys::setsockopt_int(
+            self.fd.as_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            n,
+        )
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         sys::setsockopt_int(
             self.fd.as_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY,
             libc::c_int::from(on),
+        )
+    }
+
+    /// The TOS byte the client's handshake carried, if its listener recorded it (IPv4
+    /// listeners from [`Listener::bind_tcp`] do); `Some(0)` for an unmarked client.
+    pub fn received_tos(&self) -> io::Result<Option<u8>> {
+        sys::received_tos(self.fd.as_fd())
+    }
+
+    /// Sets IP_TOS on an IPv4 socket: the mark of the packets it sends from now on.
+    pub fn set_tos(&self, tos: u8) -> io::Result<()> {
+        sys::setsockopt_int(
+            self.fd.as_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_TOS,
+            libc::c_int::from(tos),
         )
     }
 
@@ -378,6 +414,33 @@ mod tests {
             let (res, got) = c.recv_exact(AlignedBuf::new(4096), 10..14).await;
             res.expect("recv");
             assert_eq!(&got[10..14], b"ping");
+        });
+    }
+
+    #[test]
+    fn accepted_stream_learns_the_clients_tos_from_the_handshake() {
+        block_on(cfg(), async {
+            for (mark, expect) in [(Some(0x20u8), 0x20u8), (None, 0)] {
+                let opts = ConnectOpts {
+                    tos: mark,
+                    ..ConnectOpts::default()
+                };
+                let (c, s) = tcp_pair(&opts).await;
+                // Before any data: the mark comes from the handshake alone.
+                assert_eq!(s.received_tos().expect("received_tos"), Some(expect));
+                s.set_tos(expect).expect("set_tos");
+                let tos = sys::getsockopt_int(s.fd.as_fd(), libc::IPPROTO_IP, libc::IP_TOS)
+                    .expect("getsockopt");
+                assert_eq!(tos, i32::from(expect));
+                drop(c);
+            }
+            // A listener that did not ask records nothing.
+            let l = std::net::TcpListener::bind(localhost()).expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let _c = std::net::TcpStream::connect(addr).expect("connect");
+            let (s, _) = l.accept().expect("accept");
+            let s = Stream::from_owned_fd(s.into());
+            assert_eq!(s.received_tos().expect("received_tos"), None);
         });
     }
 

@@ -208,6 +208,67 @@ pub(crate) fn getsockopt_int(
     Ok(value)
 }
 
+/// Makes a TCP listener keep the TOS byte of each connection's handshake, for
+/// [`received_tos`] on the accepted sockets (they inherit the option). IPv4 only: an IPv6
+/// socket rejects IPPROTO_IP options.
+pub(crate) fn set_recv_tos(fd: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
+}
+
+/// The TOS byte (DSCP << 2 | ECN) the peer's packets carried when this accepted TCP socket
+/// was established, i.e. the mark the client set before `connect`; `None` when the socket
+/// did not record it (its listener had no [`set_recv_tos`], or it is not IPv4).
+///
+/// Why this works without a wire change: with IP_RECVTOS, Linux stores the TOS of the
+/// handshake in the new socket (`rcv_tos`) and `getsockopt(IP_PKTOPTIONS)` returns it as an
+/// IP_TOS control message, before any data has arrived (checked on loopback, kernel 6.18).
+pub(crate) fn received_tos(fd: BorrowedFd<'_>) -> io::Result<Option<u8>> {
+    // u64s for cmsghdr alignment; 256 bytes hold every option IPv4 can report here.
+    let mut buf = [0u64; 32];
+    let mut len = std::mem::size_of_val(&buf) as libc::socklen_t;
+    // SAFETY: passes a writable buffer and its exact size; the kernel writes at most `len`
+    // bytes and updates `len` to what it wrote.
+    let rc = cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTOPTIONS,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    });
+    match rc {
+        Ok(_) => {}
+        // An IPv6 socket has no IPPROTO_IP options: nothing recorded, not a failure.
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: a zeroed msghdr is valid; only its control fields are set, to the buffer the
+    // kernel filled and the length it reported (never more than the buffer). The CMSG
+    // macros stay within `msg_controllen`, and each data read is bounded by `cmsg_len`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_control = buf.as_mut_ptr().cast();
+        msg.msg_controllen = (len as usize).min(std::mem::size_of_val(&buf)) as _;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            let data_len = (h.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_TOS && data_len >= 1 {
+                // TCP reports an int, recvmsg a byte: the TOS is the low byte either way.
+                let tos = if data_len >= std::mem::size_of::<libc::c_int>() {
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()) as u8
+                } else {
+                    *libc::CMSG_DATA(c)
+                };
+                return Ok(Some(tos));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(None)
+}
+
 /// Re-`listen`s with our backlog (std uses 128); Linux updates the backlog of a listening socket.
 pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: libc::c_int) -> io::Result<()> {
     // SAFETY: no pointers.

@@ -28,6 +28,11 @@ Faults name positions as DIR:CONN:OFFSET: DIR is up (client->server) or down, CO
 connection index in accept order from 0, OFFSET a byte offset (K/M/G suffixes) in the stream \
 read from that direction's sender. The same --seed and faults give the same bytes on every run.
 
+With --priority-by-dscp, a connection whose client's SYN carried DSCP CS1 or LE is low in \
+both directions, and each link serves a waiting piece of a normal connection before any queued \
+low piece (the piece already on the link finishes first). The mark is passed on to the upstream \
+connection.
+
 Example:
   ferry-wan --upstream 127.0.0.1:10809 --delay-ms 20 --rate 100mbit --corrupt-at up:0:1M \\
             --cut-at down:1:64K --random-corrupt-per-mib 0.01 --seed 7"
@@ -68,6 +73,11 @@ struct Cli {
     /// Probability that each connection-direction is cut within each MiB.
     #[arg(long, default_value_t = 0.0)]
     random_cut_per_mib: f64,
+    /// Emulate a QoS-ready network: connections whose client marked its handshake DSCP
+    /// CS1 or LE (IP_TOS 0x20 / 0x04) yield the link to all others, in both directions
+    /// (strict priority, no preemption of the piece on the link). Needs --rate.
+    #[arg(long)]
+    priority_by_dscp: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +104,9 @@ fn config(cli: &Cli) -> Result<WanConfig> {
             cut_per_mib: cli.random_cut_per_mib,
         },
     );
+    if cli.priority_by_dscp && cli.rate.0.is_none() {
+        eprintln!("ferry-wan: --priority-by-dscp has no effect without --rate (nothing queues)");
+    }
     let queue_limit_bytes = match cli.queue_limit {
         Some(q) => Some(usize::try_from(q).context("--queue-limit is too large")?),
         None => None,
@@ -109,6 +122,7 @@ fn config(cli: &Cli) -> Result<WanConfig> {
             random,
         },
         seed: cli.seed,
+        priority_by_dscp: cli.priority_by_dscp,
     })
 }
 
@@ -155,7 +169,11 @@ fn run(cli: Cli) -> Result<()> {
     writeln!(out, "ferry-wan listening on {}", proxy.local_addr())?;
     out.flush()?;
     let sig = wait_for_signal(&signals);
-    eprintln!("ferry-wan: signal {sig}, stopping: {}", proxy.counters());
+    eprintln!(
+        "ferry-wan: signal {sig}, stopping: {} {}",
+        proxy.counters(),
+        proxy.class_counters()
+    );
     Ok(())
 }
 

@@ -22,8 +22,9 @@ pub struct WanConfig {
     /// Applied in each direction: a round trip costs at least twice this.
     pub one_way_delay: Duration,
     /// Rate of each direction's link, in bytes per second; `None` is unlimited. One link
-    /// per direction is **shared by all connections** of the proxy (a FIFO bottleneck), so
-    /// two busy connections get about half of it each. `Some(0)` is rejected.
+    /// per direction is **shared by all connections** of the proxy (a FIFO bottleneck, or
+    /// strict priority with `priority_by_dscp`), so two busy connections of one class get
+    /// about half of it each. `Some(0)` is rejected.
     pub rate_bytes_per_s: Option<u64>,
     /// Bytes queued (read, not yet written) per connection-direction beyond which the
     /// proxy stops reading from the sender. `None`: see
@@ -33,6 +34,12 @@ pub struct WanConfig {
     pub faults: Faults,
     /// Seed of every random choice (corruption values, random fault positions).
     pub seed: u64,
+    /// Emulate a QoS-ready network: connections whose client marked its handshake DSCP
+    /// CS1 or LE (TOS 0x20 / 0x04) are low priority in both directions, and each
+    /// direction's link becomes a strict-priority scheduler: pieces of normal connections
+    /// depart before queued pieces of low ones (a piece being serialized is not
+    /// preempted; FIFO within a class). No effect with an unlimited rate (nothing queues).
+    pub priority_by_dscp: bool,
 }
 
 impl WanConfig {

@@ -10,14 +10,15 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
 
 use super::config::Direction;
 use super::counters::Counters;
 use super::link::Link;
 use super::pipe::{Next, Piece, Pipe, PIECE_MAX_BYTES};
 use super::plan::FaultPlan;
+use super::tos::Class;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Close {
@@ -33,8 +34,11 @@ pub(crate) struct Conn {
     index: usize,
     client: TcpStream,
     server: TcpStream,
-    /// Indexed by [`Direction::index`].
-    pipes: [Pipe; 2],
+    /// Indexed by [`Direction::index`]. Shared with the links' schedulers, which hold
+    /// tickets of queued pieces.
+    pipes: [Arc<Pipe>; 2],
+    /// From the client's handshake; applies to both directions.
+    class: Class,
     closed: AtomicBool,
 }
 
@@ -51,12 +55,17 @@ impl Conn {
         client: TcpStream,
         server: TcpStream,
         queue_limit_bytes: usize,
+        class: Class,
     ) -> Conn {
         Conn {
             index,
             client,
             server,
-            pipes: [Pipe::new(queue_limit_bytes), Pipe::new(queue_limit_bytes)],
+            pipes: [
+                Arc::new(Pipe::new(queue_limit_bytes)),
+                Arc::new(Pipe::new(queue_limit_bytes)),
+            ],
+            class,
             closed: AtomicBool::new(false),
         }
     }
@@ -115,11 +124,11 @@ impl Conn {
         });
     }
 
-    fn queue(&self, dir: Direction, piece: Piece, counters: &Counters) -> bool {
+    fn queue(&self, dir: Direction, piece: Piece, link: &Link, counters: &Counters) -> bool {
         let len = piece.data.len();
         // Counted before the push so that the writer's decrement never comes first.
         counters.queued(len);
-        let queued = self.pipes[dir.index()].push(piece);
+        let queued = link.send(&self.pipes[dir.index()], piece, self.class);
         if !queued {
             counters.unqueued(len);
         }
@@ -132,13 +141,12 @@ impl Conn {
         let counters = env.counters;
         let mut src = self.source(dir);
         if plan.cut_before_reading(0) {
-            let arrival = link.schedule(0, Instant::now());
             let cut = Piece {
                 data: Vec::new(),
-                arrival,
+                arrival: None,
                 cut_after: true,
             };
-            self.queue(dir, cut, counters);
+            self.queue(dir, cut, link, counters);
             return;
         }
         let mut scratch = vec![0u8; PIECE_MAX_BYTES];
@@ -170,10 +178,10 @@ impl Conn {
             if applied.kept > 0 || applied.cut {
                 let piece = Piece {
                     data: scratch[..applied.kept].to_vec(),
-                    arrival: link.schedule(applied.kept, Instant::now()),
+                    arrival: None, // the link's to set
                     cut_after: applied.cut,
                 };
-                if !self.queue(dir, piece, counters) {
+                if !self.queue(dir, piece, link, counters) {
                     return;
                 }
             }
@@ -207,7 +215,7 @@ impl Conn {
                     }
                     Ok(n) => {
                         written += n;
-                        counters.forwarded(dir, n);
+                        counters.forwarded(dir, self.class, n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => {

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::config::Direction;
+use super::tos::Class;
 
 /// A snapshot of the proxy's counters (all since start).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,10 +48,45 @@ impl fmt::Display for WanCounters {
     }
 }
 
+/// Bytes forwarded per DSCP class (see [`WanConfig::priority_by_dscp`]); counted whether
+/// or not the classes are scheduled apart. Kept out of [`WanCounters`] so that code
+/// building that struct whole keeps compiling.
+///
+/// [`WanConfig::priority_by_dscp`]: super::WanConfig::priority_by_dscp
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WanClassCounters {
+    /// Bytes written to the server, then to the client, by normal connections.
+    pub normal_upstream_bytes: u64,
+    pub normal_downstream_bytes: u64,
+    /// The same for low connections (client handshake marked DSCP CS1 or LE).
+    pub low_upstream_bytes: u64,
+    pub low_downstream_bytes: u64,
+    /// Connections accepted as low.
+    pub low_connections: u64,
+}
+
+impl fmt::Display for WanClassCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "normal_upstream_bytes={} normal_downstream_bytes={} low_upstream_bytes={} \
+             low_downstream_bytes={} low_connections={}",
+            self.normal_upstream_bytes,
+            self.normal_downstream_bytes,
+            self.low_upstream_bytes,
+            self.low_downstream_bytes,
+            self.low_connections
+        )
+    }
+}
+
 /// The live counters, shared by all threads of a proxy.
 #[derive(Default)]
 pub(crate) struct Counters {
     forwarded_bytes: [AtomicU64; 2],
+    /// Indexed by [`Class::index`], then [`Direction::index`].
+    class_bytes: [[AtomicU64; 2]; 2],
+    pub low_connections: AtomicU64,
     pub connections: AtomicU64,
     pub connect_failures: AtomicU64,
     pub corrupted_bytes: AtomicU64,
@@ -61,8 +97,20 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn forwarded(&self, dir: Direction, bytes: usize) {
+    pub(crate) fn forwarded(&self, dir: Direction, class: Class, bytes: usize) {
         self.forwarded_bytes[dir.index()].fetch_add(bytes as u64, Relaxed);
+        self.class_bytes[class.index()][dir.index()].fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn class_snapshot(&self) -> WanClassCounters {
+        let get = |c: Class, d: Direction| self.class_bytes[c.index()][d.index()].load(Relaxed);
+        WanClassCounters {
+            normal_upstream_bytes: get(Class::Normal, Direction::Upstream),
+            normal_downstream_bytes: get(Class::Normal, Direction::Downstream),
+            low_upstream_bytes: get(Class::Low, Direction::Upstream),
+            low_downstream_bytes: get(Class::Low, Direction::Downstream),
+            low_connections: self.low_connections.load(Relaxed),
+        }
     }
 
     pub(crate) fn queued(&self, bytes: usize) {

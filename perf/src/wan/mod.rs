@@ -7,10 +7,11 @@
 //!
 //! # Model
 //! * Two links, one per [`Direction`] (client→server is [`Direction::Upstream`]). Each link
-//!   is one FIFO bottleneck **shared by every connection of the proxy**: a piece of `len`
-//!   bytes read from a source socket departs at `max(now, previous departure on that
-//!   link) + len / rate` and arrives at `departure + one_way_delay`. A round trip
-//!   therefore costs at least `2 × one_way_delay`.
+//!   is one FIFO bottleneck (unless QoS is on, below) **shared by every connection of
+//!   the proxy**: a piece of `len` bytes read from a source socket departs at
+//!   `max(now, previous departure on that link) + len / rate` and arrives at
+//!   `departure + one_way_delay`. A round trip therefore costs at least
+//!   `2 × one_way_delay`.
 //! * Per connection and direction a reader thread reads pieces of at most
 //!   [`PIECE_MAX_BYTES`], applies the faults and queues them; a writer thread writes each
 //!   piece to the destination when it arrives.
@@ -19,6 +20,16 @@
 //!   link through TCP flow control. The default limit is `max(2 × rate × delay, 1 MiB)`
 //!   (twice the bandwidth-delay product keeps the link busy), or 64 MiB when the rate is
 //!   unlimited ([`WanConfig::effective_queue_limit_bytes`]).
+//! * QoS (opt-in, [`WanConfig::priority_by_dscp`]): a connection whose client marked its
+//!   handshake DSCP CS1 or LE (IP_TOS 0x20 / 0x04, read from the accepted socket; no byte
+//!   of the stream is inspected) is *low* in both directions, every other one *normal*.
+//!   Each link is then a strict-priority scheduler instead of a FIFO: when it frees, the
+//!   oldest normal piece waiting goes next, a low piece only when no normal one waits; the
+//!   piece being serialized is never preempted, and the rate and delay are as above. A
+//!   low piece's departure is therefore decided when the link frees, not when it is read
+//!   (see `link.rs`). The client's mark is copied onto the upstream connection, so the
+//!   server sees it as it would without the proxy. Bytes are counted per class either
+//!   way ([`WanProxy::class_counters`]).
 //! * End of stream: EOF from a source is passed on as `shutdown(Write)` after the queued
 //!   bytes (half-close); a connection closes when both directions are done. A read or
 //!   write error (a peer reset) closes both sides at once and drops what is queued.
@@ -75,11 +86,14 @@ mod link;
 mod parse;
 mod pipe;
 mod plan;
+#[cfg(test)]
+mod priority_tests;
 mod proxy;
 mod rng;
+mod tos;
 
 pub use config::{Direction, WanConfig};
-pub use counters::WanCounters;
+pub use counters::{WanClassCounters, WanCounters};
 pub use faults::{FaultAt, Faults, RandomFaults};
 pub use parse::{parse_bytes, parse_drop, parse_rate};
 pub use pipe::PIECE_MAX_BYTES;

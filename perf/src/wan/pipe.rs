@@ -17,7 +17,9 @@ pub(crate) const PIECE_OVERHEAD_BYTES: usize = 128;
 /// memory depend on how small the reads are, and the copy costs less than the read.
 pub(crate) struct Piece {
     pub data: Vec<u8>,
-    pub arrival: Instant,
+    /// When it reaches the far end; `None` until a priority link has chosen its departure
+    /// (the writer waits for it).
+    pub arrival: Option<Instant>,
     /// The connection is cut once this piece is delivered.
     pub cut_after: bool,
 }
@@ -30,6 +32,9 @@ impl Piece {
 
 struct State {
     pieces: VecDeque<Piece>,
+    /// How many pieces at the front have an arrival: a priority link assigns them in
+    /// order, and counting spares a scan of a long queue per assignment.
+    with_arrival: usize,
     /// Payload plus overhead of the pieces queued and the piece being written.
     charged_bytes: usize,
     /// The source sent EOF; nothing more will be pushed.
@@ -59,6 +64,7 @@ impl Pipe {
         Pipe {
             state: Mutex::new(State {
                 pieces: VecDeque::new(),
+                with_arrival: 0,
                 charged_bytes: 0,
                 eof: false,
                 closed: false,
@@ -100,6 +106,11 @@ impl Pipe {
         }
         st.charged_bytes += piece.charge();
         assert!(st.charged_bytes <= self.limit_bytes, "queue over its limit");
+        if piece.arrival.is_some() {
+            // A FIFO link's pieces come with their arrival; a pipe is fed by one kind.
+            debug_assert_eq!(st.with_arrival, st.pieces.len(), "mixed link kinds");
+            st.with_arrival += 1;
+        }
         st.pieces.push_back(piece);
         self.ready.notify_one();
         true
@@ -122,6 +133,7 @@ impl Pipe {
         let queued: usize = st.pieces.iter().map(|p| p.data.len()).sum();
         let pieces = st.pieces.len();
         st.pieces.clear();
+        st.with_arrival = 0;
         st.charged_bytes -= queued + pieces * PIECE_OVERHEAD_BYTES;
         self.room.notify_all();
         self.ready.notify_all();
@@ -142,20 +154,51 @@ impl Pipe {
                 st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             };
+            let Some(arrival) = front.arrival else {
+                st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
             let now = Instant::now();
-            if front.arrival <= now {
+            if arrival <= now {
                 return match st.pieces.pop_front() {
-                    Some(p) => Next::Piece(p),
+                    Some(p) => {
+                        st.with_arrival = st.with_arrival.saturating_sub(1);
+                        Next::Piece(p)
+                    }
                     None => continue,
                 };
             }
-            let wait = front.arrival - now;
+            let wait = arrival - now;
             st = self
                 .ready
                 .wait_timeout(st, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Gives the oldest piece still waiting for the link its arrival time. Pieces of one
+    /// connection-direction are one class, so the link picks them in the order they were
+    /// queued. Returns false when the pipe is closed (the piece is gone).
+    pub(crate) fn assign(&self, arrival: Instant) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        let next = st.with_arrival;
+        match st.pieces.get_mut(next) {
+            Some(p) => {
+                p.arrival = Some(arrival);
+                st.with_arrival += 1;
+            }
+            None => debug_assert!(false, "a link ticket without its piece"),
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// The writer is done with a piece of `len` payload bytes (written or not): frees its
@@ -181,7 +224,7 @@ mod tests {
             assert!(room <= 4096 - PIECE_OVERHEAD_BYTES);
             assert!(pipe.push(Piece {
                 data: vec![0; room.min(1000)],
-                arrival: now,
+                arrival: Some(now),
                 cut_after: false,
             }));
         }
@@ -204,7 +247,7 @@ mod tests {
         let t0 = Instant::now();
         pipe.push(Piece {
             data: vec![1; 10],
-            arrival: t0 + Duration::from_millis(30),
+            arrival: Some(t0 + Duration::from_millis(30)),
             cut_after: false,
         });
         pipe.finish();
@@ -216,5 +259,34 @@ mod tests {
             _ => panic!("expected the piece"),
         }
         assert!(matches!(pipe.next(), Next::Eof));
+    }
+
+    #[test]
+    fn writer_waits_for_the_link_to_assign_an_arrival() {
+        let pipe = std::sync::Arc::new(Pipe::new(1 << 20));
+        for len in [10, 20] {
+            pipe.push(Piece {
+                data: vec![0; len],
+                arrival: None,
+                cut_after: false,
+            });
+        }
+        let t0 = Instant::now();
+        let writer = {
+            let pipe = std::sync::Arc::clone(&pipe);
+            std::thread::spawn(move || match pipe.next() {
+                Next::Piece(p) => (p.data.len(), t0.elapsed()),
+                _ => (0, t0.elapsed()),
+            })
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        // Assigned in queue order: the first piece gets the first arrival.
+        assert!(pipe.assign(Instant::now()));
+        let (len, waited) = writer.join().expect("writer");
+        assert_eq!(len, 10);
+        assert!(waited >= Duration::from_millis(30), "{waited:?}");
+        pipe.close();
+        assert!(!pipe.assign(Instant::now()));
+        assert!(pipe.is_closed());
     }
 }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use super::config::{Direction, WanConfig};
 use super::conn::{set_linger_zero, Close, Conn, Env};
-use super::counters::{Counters, WanCounters};
+use super::counters::{Counters, WanClassCounters, WanCounters};
 use super::faults::Faults;
 use super::link::Link;
 use super::plan::FaultPlan;
+use super::tos::{self, Class};
 
 /// How long a connection waits for the upstream server to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,11 +63,25 @@ impl WanProxy {
         cfg.validate()?;
         let listener = TcpListener::bind(listen)?;
         let local_addr = listener.local_addr()?;
+        if local_addr.is_ipv4() {
+            // Classes come from the clients' handshakes (IPv6 clients are all normal).
+            // Without priority they only feed counters: not worth refusing to start.
+            if let Err(e) = tos::set_recv_tos(&listener) {
+                if cfg.priority_by_dscp {
+                    return Err(e);
+                }
+            }
+        }
+        let link = |dir: Direction| {
+            Link::with_priority(
+                cfg.rate_bytes_per_s,
+                cfg.one_way_delay,
+                cfg.priority_by_dscp,
+                &format!("wan-link-{}", dir.name()),
+            )
+        };
         let shared = Arc::new(Shared {
-            links: [
-                Link::new(cfg.rate_bytes_per_s, cfg.one_way_delay),
-                Link::new(cfg.rate_bytes_per_s, cfg.one_way_delay),
-            ],
+            links: [link(Direction::Upstream)?, link(Direction::Downstream)?],
             counters: Counters::default(),
             queue_limit_bytes: cfg.effective_queue_limit_bytes(),
             seed: cfg.seed,
@@ -93,6 +108,11 @@ impl WanProxy {
 
     pub fn counters(&self) -> WanCounters {
         self.shared.counters.snapshot()
+    }
+
+    /// Bytes forwarded per DSCP class.
+    pub fn class_counters(&self) -> WanClassCounters {
+        self.shared.counters.class_snapshot()
     }
 
     /// Payload bytes read but not yet written, over all connections and directions.
@@ -138,6 +158,12 @@ impl Drop for WanProxy {
         let threads = std::mem::take(&mut lock(&self.shared.live).threads);
         for t in threads {
             join_until(t, deadline);
+        }
+        // After the connections: their closed pipes need no more arrivals.
+        for link in &self.shared.links {
+            if let Some(t) = link.stop() {
+                join_until(t, deadline);
+            }
         }
     }
 }
@@ -192,7 +218,19 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
 
 /// Connects upstream and forwards one accepted connection until it is done.
 fn serve(shared: &Shared, index: usize, client: TcpStream, upstream: SocketAddr, faults: &Faults) {
-    let server = match TcpStream::connect_timeout(&upstream, CONNECT_TIMEOUT) {
+    // Unknown (IPv6, or the kernel would not say) is unmarked: normal, as a network that
+    // cannot read a mark would treat it.
+    let client_tos = tos::received_tos(&client).ok().flatten().unwrap_or(0);
+    let class = Class::of_tos(client_tos);
+    if class == Class::Low {
+        shared
+            .counters
+            .low_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    // The mark travels on, as through a real network: the server can answer in kind
+    // (`ferry backend` does). The ECN bits are TCP's own.
+    let server = match tos::connect_marked(upstream, client_tos & !0b11, CONNECT_TIMEOUT) {
         Ok(s) => s,
         Err(_) => {
             shared
@@ -207,7 +245,13 @@ fn serve(shared: &Shared, index: usize, client: TcpStream, upstream: SocketAddr,
     // Pieces are paced by the link model; Nagle would add its own, unmodelled delay.
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let conn = Arc::new(Conn::new(index, client, server, shared.queue_limit_bytes));
+    let conn = Arc::new(Conn::new(
+        index,
+        client,
+        server,
+        shared.queue_limit_bytes,
+        class,
+    ));
     {
         let mut live = lock(&shared.live);
         if live.stopping {

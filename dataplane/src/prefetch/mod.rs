@@ -1,0 +1,72 @@
+//! Prefetch priority for background hydration (issue 5, points 3 and 4).
+//!
+//! Background hydration takes its batches from per-shard class queues ([`queue`]), highest
+//! class first:
+//!
+//! 1. **recording** — chunks an access-pattern recording read, most often read first
+//!    ([`plan`]);
+//! 2. **sequence** — the chunks that follow in the recording's read sequence once live reads
+//!    match a stretch of it ([`sequence`]; pushed while running);
+//! 3. **fs-metadata** — the first MiB, and the ext4 superblock, descriptor table, bitmaps,
+//!    inode tables and journal, located from chunk 0 of the source ([`hot`]);
+//! 4. **neighbours** — the 16 chunks after a chunk read on demand (a file read goes on);
+//! 5. **in-order** — everything else, ascending (the behaviour before prefetch).
+//!
+//! A chunk taken from any class is fetched only if it is still `Untouched` and not being
+//! fetched: classes are hints, never state.
+//!
+//! # Which recording (`--prefetch PATH`)
+//! PATH is a recording file, or a directory whose `*.sqlite` and `*.ferryrec` files are
+//! recordings ([`select`]). A file named explicitly must open (the reader's own refusals:
+//! not a recording, corrupt, older or newer format) and be of this volume's size, else the
+//! frontend refuses to start. From a directory the best one is taken: same size and ext4
+//! UUID (newest first), else same size and also ext4 (newest), else none — files that do not
+//! open are skipped with a warning, and with no match prefetch goes on with classes 3–5.
+//! Without `--prefetch` there is no plan: classes 1–3 are empty (chunk 0 is not read for
+//! them) and only neighbours and in-order apply.
+//!
+//! # Cores
+//! Chunk c's queue entries live on core `owner(c)` only. The sequence matcher runs on the
+//! core that serves the read ([`local`], called from `Volume::read_range`) and posts its
+//! predictions to their owners (`CoreHandle::post`, fire and forget). The plan is shared
+//! read-only (`Arc`); everything per core is `Cell`/`RefCell`.
+
+pub mod hot;
+pub mod local;
+pub mod plan;
+pub mod queue;
+pub mod select;
+pub mod sequence;
+
+use std::path::PathBuf;
+
+pub use local::ShardPrefetch;
+pub use plan::Plan;
+pub use queue::Class;
+
+/// Chunks queued after an on-demand read of chunk c: c+1 ..= c+NEIGHBOURS.
+pub const NEIGHBOURS: u64 = 16;
+
+/// Chunks of the recorded sequence queued ahead of the live position.
+pub const SEQUENCE_AHEAD: usize = 128;
+
+/// Entries a dynamic class queue holds per shard; the oldest are dropped beyond it.
+pub const DYNAMIC_CAP: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrefetchError {
+    #[error("--prefetch: {0}")]
+    Recording(#[from] crate::recording::RecordingError),
+    #[error("--prefetch: recording {path} was made on a {recorded} byte volume; this volume has {volume} bytes")]
+    WrongSize {
+        path: PathBuf,
+        recorded: u64,
+        volume: u64,
+    },
+    #[error("--prefetch: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
