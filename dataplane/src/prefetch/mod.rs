@@ -3,14 +3,18 @@
 //! Background hydration takes its batches from per-shard class queues ([`queue`]), highest
 //! class first:
 //!
-//! 1. **recording** — chunks an access-pattern recording read, most often read first
-//!    ([`plan`]);
-//! 2. **sequence** — the chunks that follow in the recording's read sequence once live reads
+//! 1. **sequence** — the chunks that follow in the recording's read sequence once live reads
 //!    match a stretch of it ([`sequence`]; pushed while running);
+//! 2. **recording** — chunks an access-pattern recording read, most often read first
+//!    ([`plan`]);
 //! 3. **fs-metadata** — the first MiB, and the ext4 superblock, descriptor table, bitmaps,
 //!    inode tables and journal, located from chunk 0 of the source ([`hot`]);
 //! 4. **neighbours** — the 16 chunks after a chunk read on demand (a file read goes on);
 //! 5. **in-order** — everything else, ascending (the behaviour before prefetch).
+//!
+//! Sequence goes before recording, against the list: the recording class holds every
+//! chunk the recording read, so with it first a prediction would only ever name chunks
+//! already fetched. A match is live evidence of what comes next, a few chunks at a time.
 //!
 //! A chunk taken from any class is fetched only if it is still `Untouched` and not being
 //! fetched: classes are hints, never state.
@@ -22,8 +26,8 @@
 //! frontend refuses to start. From a directory the best one is taken: same size and ext4
 //! UUID (newest first), else same size and also ext4 (newest), else none — files that do not
 //! open are skipped with a warning, and with no match prefetch goes on with classes 3–5.
-//! Without `--prefetch` there is no plan: classes 1–3 are empty (chunk 0 is not read for
-//! them) and only neighbours and in-order apply.
+//! Without `--prefetch` there is no recording: classes 1–2 are empty; chunk 0 is still read
+//! at start-up for the file-system hot areas (class 3), best effort.
 //!
 //! # Cores
 //! Chunk c's queue entries live on core `owner(c)` only. The sequence matcher runs on the

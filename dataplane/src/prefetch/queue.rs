@@ -12,8 +12,8 @@ use crate::geometry::Geometry;
 /// Priority classes, highest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
-    Recording,
     Sequence,
+    Recording,
     FsMetadata,
     Neighbours,
     InOrder,
@@ -21,8 +21,8 @@ pub enum Class {
 
 impl Class {
     pub const ALL: [Class; 5] = [
-        Class::Recording,
         Class::Sequence,
+        Class::Recording,
         Class::FsMetadata,
         Class::Neighbours,
         Class::InOrder,
@@ -211,10 +211,10 @@ mod tests {
         let done: RefCell<HashSet<u64>> = RefCell::new([1].into_iter().collect());
         let eligible = |c: u64| !done.borrow().contains(&c);
         let mut b = Vec::new();
-        // Recording (1500 is core 1's), then sequence (7 taken already), fs-metadata (1 is
+        // Sequence, then recording (1500 is core 1's, 7 taken already), fs-metadata (1 is
         // not Untouched, 50 taken), neighbours, in-order.
-        assert_eq!(q.fill(&g, &mut b, 10, eligible), Some(Class::Recording));
-        assert_eq!(b, [50, 7, 2100, 300, 0, 900, 901, 2, 3, 4]);
+        assert_eq!(q.fill(&g, &mut b, 10, eligible), Some(Class::Sequence));
+        assert_eq!(b, [300, 7, 50, 2100, 0, 900, 901, 2, 3, 4]);
         done.borrow_mut().extend(b.iter().copied());
         b.clear();
         assert_eq!(q.fill(&g, &mut b, 3, eligible), Some(Class::InOrder));
