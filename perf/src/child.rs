@@ -272,6 +272,16 @@ impl Proc {
         tail(&self.log, 20)
     }
 
+    /// SIGTERM, then waits up to `timeout` for a clean exit (status 0): for children whose
+    /// SIGTERM means "finish your work and write your results" (`ferry record`).
+    pub fn terminate(&mut self, timeout: Duration) -> Result<()> {
+        if self.try_exit()?.is_none() {
+            // SAFETY: kill on the pid of a child we have not reaped yet (so the pid is ours).
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        self.finish(timeout)
+    }
+
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; reaps the child. Idempotent.
     pub fn stop(&mut self) {
         if matches!(self.try_exit(), Ok(Some(_))) {

@@ -59,6 +59,28 @@ pub struct Status {
     pub deduped_bytes: u64,
     #[serde(default)]
     pub ref_misses: u64,
+    /// `separate` or `shared` (`--qos`).
+    #[serde(default)]
+    pub qos: String,
+    /// Shared mode: the adaptive background cap and the queueing delay it steers by.
+    #[serde(default)]
+    pub background_window_chunks: u64,
+    #[serde(default)]
+    pub queue_delay_us: u64,
+    #[serde(default)]
+    pub base_rtt_us: u64,
+    /// Prefetch: the class of the background's last batch, the recording followed, and
+    /// reads served during migration / those whose chunks were already on the target.
+    #[serde(default)]
+    pub prefetch_class: String,
+    #[serde(default)]
+    pub prefetch_recording: Option<String>,
+    #[serde(default)]
+    pub prefetch_reads: u64,
+    #[serde(default)]
+    pub prefetch_hits: u64,
+    #[serde(default)]
+    pub prefetch_batches: std::collections::BTreeMap<String, u64>,
 }
 
 /// Where the `ferry` binary is: `--ferry`, else next to this benchmark when it is a
@@ -248,6 +270,17 @@ impl Ferry {
             Duration::from_secs(30),
         )?;
         serde_json::from_str(&out).map_err(|e| anyhow!("ferry status --json: {e}: {out:?}"))
+    }
+
+    /// `ferry set-rate --state-dir DIR --background-rate RATE` (`0` pauses, `unlimited`).
+    pub fn set_rate(&self, state_dir: &Path, rate: &str) -> Result<()> {
+        run_capture(
+            Command::new(&self.bin)
+                .args(["set-rate", "--background-rate", rate, "--state-dir"])
+                .arg(state_dir),
+            Duration::from_secs(30),
+        )
+        .map(|_| ())
     }
 
     /// `ferry --version`, for the report.

@@ -17,6 +17,7 @@ mod child;
 mod ferry;
 mod fio;
 mod hydrate;
+mod issue5;
 mod latency;
 mod qemu_nbd;
 mod report;
@@ -103,6 +104,14 @@ enum Mode {
     /// Migrate a realistic ext4 volume over emulated WAN links: ferry (compression auto and
     /// off) against nbdcopy and qemu-img convert; time, wire bytes, CPU, ratios.
     Wan(wan_bench::WanArgs),
+    /// Issue 5, benchmark 1: on-demand 4 KiB random-read latency while the background
+    /// saturates an emulated 100 Mbit/s, 40 ms link, against the background paused, in
+    /// both QoS modes (separate on a DSCP-priority link, shared on a FIFO link).
+    Qos(issue5::qos::QosArgs),
+    /// Issue 5, benchmark 2: a recorded workload (mount, find, read files) replayed on a
+    /// fresh migration over an emulated 100 Mbit/s, 40 ms link, with recording-driven
+    /// prefetch and without.
+    Prefetch(issue5::prefetch::PrefetchArgs),
 }
 
 /// Ferry's tuning flags, passed through to `ferry frontend` / `ferry backend`.
@@ -476,9 +485,23 @@ fn served_file_note(cli: &Cli) -> String {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Some(Mode::Wan(args)) = cli.mode.take() {
+    if let Some(mode) = cli.mode.take() {
         START.get_or_init(Instant::now);
-        return match wan_bench::main(args) {
+        let r = match mode {
+            Mode::Wan(args) => wan_bench::main(args),
+            Mode::Qos(args) => {
+                let (json, results) = (args.common.json, args.common.results.clone());
+                issue5::qos::run(args)
+                    .and_then(|r| issue5::finish("qos", &r, r.markdown(), json, results.as_deref()))
+            }
+            Mode::Prefetch(args) => {
+                let (json, results) = (args.common.json, args.common.results.clone());
+                issue5::prefetch::run(args).and_then(|r| {
+                    issue5::finish("prefetch", &r, r.markdown(), json, results.as_deref())
+                })
+            }
+        };
+        return match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ferry-perf: {e:#}");

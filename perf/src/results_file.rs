@@ -192,7 +192,12 @@ mod tests {
         // The other modes keep the issue-5 block, and it stays after the WAN block.
         let t = with_main_results(&t, "main 2\n");
         let t = with_wan_results(&t, "wan 2\n");
-        assert!(t.contains("main 2") && t.contains("wan 2") && t.contains("qos 1") && t.contains("pf 2"));
+        assert!(
+            t.contains("main 2")
+                && t.contains("wan 2")
+                && t.contains("qos 1")
+                && t.contains("pf 2")
+        );
         assert!(t.find(WAN_BEGIN) < t.find(ISSUE5_BEGIN));
         // A WAN block written after the issue-5 one still goes before it.
         let t = with_issue5_results(&start, "qos", "q\n");

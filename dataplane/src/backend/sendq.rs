@@ -3,8 +3,10 @@
 //! Waiters are served by class, not arrival: on-demand replies go before background ones
 //! (seed §4.4.4, QoS-less WAN: the backend "re-orders outgoing WAN queues"). Strict priority
 //! would starve background under constant on-demand load, so a floor lets a background
-//! waiter go first while background has sent less than `floor` bytes/s (a token bucket that
-//! fills at the floor rate and is spent only by background sends that overtook on-demand).
+//! waiter go first while background has sent less than `floor` bytes/s: a token bucket that
+//! fills at the floor rate and is spent by every background send. While background flows
+//! freely the bucket stays empty, so it never jumps ahead of on-demand replies; credit builds
+//! only when background is held back, and at most one chunk's worth at a time.
 //! Within a class, FIFO.
 //!
 //! Single core (`Rc`, `Cell`): the lock is handed from the releasing holder straight to the
@@ -18,8 +20,11 @@ use std::time::Instant;
 use futures::channel::oneshot;
 use wire_format::frame::Class;
 
-/// Most floor credit kept while nobody needs it: a short burst, not a backlog.
-const FLOOR_BURST_BYTES: f64 = 256.0 * 1024.0;
+/// Most floor credit: one chunk may go ahead of on-demand replies at a time.
+const FLOOR_CREDIT_MAX: f64 = 64.0 * 1024.0;
+/// Most floor debt: background that just ran far above the floor waits this many bytes'
+/// worth of floor time before it may overtake again.
+const FLOOR_DEBT_MAX: f64 = 256.0 * 1024.0;
 
 pub struct SendLock<T> {
     value: RefCell<T>,
@@ -29,8 +34,6 @@ pub struct SendLock<T> {
     floor_bytes_per_s: Cell<u64>,
     credit: Cell<f64>,
     credit_at: Cell<Instant>,
-    /// The waiter just handed the lock is background going ahead on the floor.
-    floor_pending: Cell<bool>,
     /// Handoffs where background overtook waiting on-demand replies (the floor at work).
     floor_handoffs: Cell<u64>,
     /// Handoffs where on-demand overtook waiting background replies.
@@ -40,8 +43,8 @@ pub struct SendLock<T> {
 pub struct SendGuard<'a, T> {
     lock: &'a SendLock<T>,
     value: Option<RefMut<'a, T>>,
-    /// Background holder that went ahead of on-demand: its bytes spend floor credit.
-    on_floor: bool,
+    /// Background holder: its bytes spend floor credit.
+    background: bool,
 }
 
 fn slot(class: Class) -> usize {
@@ -60,7 +63,6 @@ impl<T> SendLock<T> {
             floor_bytes_per_s: Cell::new(0),
             credit: Cell::new(0.0),
             credit_at: Cell::new(Instant::now()),
-            floor_pending: Cell::new(false),
             floor_handoffs: Cell::new(0),
             overtakes: Cell::new(0),
         }
@@ -80,9 +82,10 @@ impl<T> SendLock<T> {
     }
 
     pub async fn lock(&self, class: Class) -> SendGuard<'_, T> {
+        let background = class == Class::Background;
         if !self.locked.get() {
             self.locked.set(true);
-            return self.guard(false);
+            return self.guard(background);
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut()[slot(class)].push_back(tx);
@@ -98,15 +101,14 @@ impl<T> SendLock<T> {
         // A sender is only dropped unsent when the lock itself goes away with its waiters;
         // then nobody else can hold it either.
         debug_assert!(handed, "send lock dropped with waiters");
-        let on_floor = class == Class::Background && self.floor_pending.take();
-        self.guard(on_floor)
+        self.guard(background)
     }
 
-    fn guard(&self, on_floor: bool) -> SendGuard<'_, T> {
+    fn guard(&self, background: bool) -> SendGuard<'_, T> {
         SendGuard {
             lock: self,
             value: Some(self.value.borrow_mut()),
-            on_floor,
+            background,
         }
     }
 
@@ -115,7 +117,7 @@ impl<T> SendLock<T> {
         let rate = self.floor_bytes_per_s.get() as f64;
         let dt = now.duration_since(self.credit_at.get()).as_secs_f64();
         self.credit_at.set(now);
-        let c = (self.credit.get() + dt * rate).min(FLOOR_BURST_BYTES.max(rate / 10.0));
+        let c = (self.credit.get() + dt * rate).min(FLOOR_CREDIT_MAX);
         self.credit.set(c);
         c
     }
@@ -129,7 +131,6 @@ impl<T> SendLock<T> {
                 let floor_turn = both && self.floor_bytes_per_s.get() > 0 && self.refill() > 0.0;
                 if floor_turn {
                     self.floor_handoffs.set(self.floor_handoffs.get() + 1);
-                    self.floor_pending.set(true);
                     w[1].pop_front()
                 } else if let Some(tx) = w[0].pop_front() {
                     if !w[1].is_empty() {
@@ -146,8 +147,6 @@ impl<T> SendLock<T> {
                     if tx.send(()).is_ok() {
                         return;
                     }
-                    // That waiter gave up; its floor turn goes to the next one.
-                    self.floor_pending.set(false);
                 }
                 None => {
                     self.locked.set(false);
@@ -169,7 +168,6 @@ impl<T> Drop for Waiting<'_, T> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             if let Ok(Some(())) = rx.try_recv() {
-                self.lock.floor_pending.set(false);
                 self.lock.release();
             }
         }
@@ -179,8 +177,9 @@ impl<T> Drop for Waiting<'_, T> {
 impl<T> SendGuard<'_, T> {
     /// Tells the lock how many bytes this holder put on the wire (spends floor credit).
     pub fn sent(&self, bytes: u64) {
-        if self.on_floor {
-            self.lock.credit.set(self.lock.credit.get() - bytes as f64);
+        if self.background && self.lock.floor_bytes_per_s.get() > 0 {
+            let c = self.lock.refill() - bytes as f64;
+            self.lock.credit.set(c.max(-FLOOR_DEBT_MAX));
         }
     }
 }
@@ -276,7 +275,7 @@ mod tests {
         let sp = pool.spawner();
         let lock = Rc::new(SendLock::new(()));
         lock.set_floor(1 << 20);
-        // Let credit build up as if the floor had been idle.
+        // Let credit build up as if background had been held back.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let log = Rc::new(RefCell::new(Vec::new()));
         let held = lock.clone();
@@ -295,6 +294,31 @@ mod tests {
             ["OnDemand0", "OnDemand1", "OnDemand2", "OnDemand3"]
         );
         assert_eq!(lock.floor_handoffs(), 1);
+    }
+
+    #[test]
+    fn background_running_above_the_floor_never_overtakes() {
+        let mut pool = futures::executor::LocalPool::new();
+        let sp = pool.spawner();
+        let lock = Rc::new(SendLock::new(()));
+        lock.set_floor(1 << 20);
+        // Background alone on the link for a while, far above 1 MiB/s.
+        for _ in 0..10 {
+            let g = futures::executor::block_on(lock.lock(Class::Background));
+            g.sent(65536);
+            drop(g);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let held = lock.clone();
+        let first = futures::executor::block_on(async { held.lock(Class::Background).await });
+        waiters(&sp, &lock, &log, Class::Background, 1, 65536);
+        waiters(&sp, &lock, &log, Class::OnDemand, 1, 4096);
+        pool.run_until_stalled();
+        drop(first);
+        pool.run_until_stalled();
+        assert_eq!(*log.borrow(), ["OnDemand0", "Background0"]);
+        assert_eq!(lock.floor_handoffs(), 0);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct ShardPrefetch {
     matcher: RefCell<Matcher>,
     reads: Cell<u64>,
     hits: Cell<u64>,
+    /// Last chunk of the previous read served on this core: neighbours are queued only for
+    /// a read that continues it.
+    last_read: Cell<Option<u64>>,
 }
 
 /// One shard's prefetch numbers, for status.
@@ -51,6 +54,7 @@ impl ShardPrefetch {
             matcher: RefCell::new(Matcher::default()),
             reads: Cell::new(0),
             hits: Cell::new(0),
+            last_read: Cell::new(None),
         }
     }
 
@@ -124,8 +128,8 @@ pub fn class_name(parts: &[PrefetchNumbers], untouched: u64) -> String {
 
 /// Called for every read this core serves (`Volume::read_range`), chunks `first..=last`,
 /// `resident` when all of them were on the target already. Counts the hit rate while the
-/// migration runs, moves the sequence matcher, and queues what it predicts and, after a miss,
-/// the neighbours — each chunk on its owner core.
+/// migration runs, moves the sequence matcher, and queues what it predicts and, after a miss
+/// that continues the previous read, the neighbours — each chunk on its owner core.
 pub fn on_read(vol: &Volume, first: u64, last: u64, resident: bool) {
     let shard = local_shard();
     let me = &shard.prefetch;
@@ -141,7 +145,14 @@ pub fn on_read(vol: &Volume, first: u64, last: u64, resident: bool) {
         .borrow_mut()
         .step(&me.plan, first, last, SEQUENCE_AHEAD, &mut predicted);
     send(vol, Class::Sequence, predicted);
-    if !resident {
+    // Like kernel readahead: only a read that continues the previous one (a file read going
+    // on) predicts its neighbours. After random reads they would be fetched for nothing, and
+    // a later read of one of them would wait for the background batch carrying it.
+    let continues = me
+        .last_read
+        .replace(Some(last))
+        .is_some_and(|prev| first <= prev.saturating_add(1) && last >= prev);
+    if !resident && continues {
         let end = last
             .saturating_add(NEIGHBOURS)
             .min(vol.geo.chunk_count.saturating_sub(1));

@@ -9,7 +9,8 @@
 //!    ([`plan`]);
 //! 3. **fs-metadata** — the first MiB, and the ext4 superblock, descriptor table, bitmaps,
 //!    inode tables and journal, located from chunk 0 of the source ([`hot`]);
-//! 4. **neighbours** — the 16 chunks after a chunk read on demand (a file read goes on);
+//! 4. **neighbours** — the 16 chunks after an on-demand read that continues the previous
+//!    read on its core (a file read goes on; random reads queue nothing);
 //! 5. **in-order** — everything else, ascending (the behaviour before prefetch).
 //!
 //! Sequence goes before recording, against the list: the recording class holds every

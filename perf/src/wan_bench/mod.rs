@@ -23,7 +23,7 @@ mod ferry_run;
 mod link;
 mod peer_run;
 pub mod report;
-mod sample;
+pub(crate) mod sample;
 mod verify;
 
 use std::path::PathBuf;
