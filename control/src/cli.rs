@@ -580,16 +580,19 @@ fn print_status(st: &Status) {
             Some(r) => format!("{}/s", human(r)),
         };
         println!("background  {rate}");
-        if st.qos == "shared" {
+        if !st.qos.is_empty() {
+            let mode = if st.qos == "shared" {
+                "shared connection (on-demand first)"
+            } else {
+                "separate background connections (DSCP-marked)"
+            };
             println!(
-                "qos         shared connection: background window {} chunks ({} outstanding), base RTT {:.1} ms, queueing {:.1} ms",
+                "qos         {mode}: background window {} chunks ({} outstanding), base RTT {:.1} ms, queueing {:.1} ms",
                 st.background_window_chunks,
                 st.background_outstanding_chunks,
                 st.base_rtt_us as f64 / 1000.0,
                 st.queue_delay_us as f64 / 1000.0
             );
-        } else if !st.qos.is_empty() {
-            println!("qos         separate background connections (DSCP-marked)");
         }
         let hit_rate = if st.prefetch_reads == 0 {
             "-".to_string()

@@ -81,6 +81,33 @@ pub struct Status {
     pub prefetch_hits: u64,
     #[serde(default)]
     pub prefetch_batches: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub fetched_chunks_on_demand: u64,
+    /// Fetch request latency (asked → every chunk filled) per class, in µs.
+    #[serde(default)]
+    pub fetch_latency_us: Option<FetchLatencies>,
+}
+
+/// `fetch_latency_us` of `ferry status --json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FetchLatencies {
+    #[serde(default)]
+    pub on_demand: FetchLatency,
+    #[serde(default)]
+    pub background: FetchLatency,
+}
+
+/// One class's fetch latency percentiles, in µs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FetchLatency {
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub p50: u64,
+    #[serde(default)]
+    pub p99: u64,
+    #[serde(default)]
+    pub max: u64,
 }
 
 /// Where the `ferry` binary is: `--ferry`, else next to this benchmark when it is a

@@ -22,7 +22,7 @@ use crate::runtime::{self, AlignedBuf, File, Gather, OpenOptions, Stream};
 const FETCHES_IN_FLIGHT_MAX: usize = 32;
 /// On a connection that carries both classes, unsent bytes the kernel may hold: beyond this
 /// a send waits in user space, where an on-demand reply can still go ahead of it.
-const SHARED_NOTSENT_LOWAT: u32 = 128 * 1024;
+const SHARED_NOTSENT_LOWAT: u32 = 32 * 1024;
 /// Runs of one request read at once (the pool bounds the total per core).
 const RUNS_IN_FLIGHT_PER_REQUEST: usize = 4;
 

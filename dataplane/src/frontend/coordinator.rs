@@ -27,15 +27,17 @@ pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
         fetch_retries: s.fetch_retries.get(),
         fetches_in_flight: shard.fetches_in_flight.get() as u64,
         unsynced_chunks: shard.unsynced(),
-        cap: shard.background_cap.as_ref().map(|c| {
+        qos_shared: shard.qos_shared,
+        cap: {
+            let c = &shard.background_cap;
             let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-            (
+            Some((
                 c.window() as u64,
                 c.outstanding() as u64,
                 c.base_rtt().map_or(0, us),
                 us(c.queue_delay()),
-            )
-        }),
+            ))
+        },
     }
 }
 

@@ -213,8 +213,9 @@ impl Shard {
                     first_reply_us = first.as_micros().max(1);
                     // Only a first attempt measures the path: a retry's time includes the
                     // back-off and the reconnect.
-                    if let (Some(cap), 1) = (&self.background_cap, attempt) {
-                        cap.sample(first, class == Class::Background);
+                    if attempt == 1 {
+                        self.background_cap
+                            .sample(first, class == Class::Background);
                     }
                 }
                 remaining.remove(&chunk);
@@ -261,8 +262,8 @@ impl Shard {
     /// under the background cap opens at once, not when the whole batch is stored, so the
     /// link stays full with a window of only a few chunks.
     fn answered(&self, class: Class) {
-        if let (Some(cap), Class::Background) = (&self.background_cap, class) {
-            cap.release(1);
+        if class == Class::Background {
+            self.background_cap.release(1);
         }
     }
 

@@ -111,12 +111,12 @@ pub fn render(st: &Status) -> String {
     let gauges: [(&str, &str, u64); 7] = [
         (
             "ferry_frontend_background_window_chunks",
-            "Shared QoS mode: background chunks allowed outstanding (adaptive cap; 0 in separate mode).",
+            "Background chunks allowed outstanding (the delay-based window, all cores).",
             st.background_window_chunks,
         ),
         (
             "ferry_frontend_queue_delay_microseconds",
-            "Shared QoS mode: queueing delay the background cap measures (first reply minus base RTT).",
+            "Queueing delay the background window steers by (first reply minus base RTT).",
             st.queue_delay_us,
         ),
         (

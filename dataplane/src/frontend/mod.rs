@@ -685,13 +685,21 @@ async fn start_core(
                 counters.clone(),
             ))
         },
-        background_cap: shared.then(|| {
-            crate::hydrate::cap::BackgroundCap::new(
-                geo.chunk_size_bytes,
-                cfg.hydrate.batch_chunks * cfg.hydrate.in_flight,
-                cfg.background_floor / geo.cores.max(1) as u64,
-            )
-        }),
+        background_cap: crate::hydrate::cap::BackgroundCap::new(
+            if shared {
+                crate::hydrate::cap::SHARED_TARGET_DELAY
+            } else {
+                crate::hydrate::cap::SEPARATE_TARGET_DELAY
+            },
+            geo.chunk_size_bytes,
+            cfg.hydrate.batch_chunks * cfg.hydrate.in_flight,
+            if shared {
+                cfg.background_floor / geo.cores.max(1) as u64
+            } else {
+                0
+            },
+        ),
+        qos_shared: shared,
         bufs,
         fill_permits: Arc::new(async_lock::Semaphore::new(FILLS_IN_FLIGHT)),
         stats: Default::default(),

@@ -116,8 +116,10 @@ pub struct Shard {
     pub on_demand: Rc<LinkSlot>,
     /// The on-demand slot itself in the shared (QoS-less) mode.
     pub background: Rc<LinkSlot>,
-    /// Background chunks outstanding in the shared mode (`None`: separate connections).
-    pub background_cap: Option<crate::hydrate::cap::BackgroundCap>,
+    /// Background chunks allowed outstanding (a delay-based window; see `hydrate::cap`).
+    pub background_cap: crate::hydrate::cap::BackgroundCap,
+    /// `--qos shared`: `background` is the on-demand link itself.
+    pub qos_shared: bool,
     pub bufs: Rc<ChunkBufs>,
     /// Bounds target writes of fetched data in flight, so fills cannot flood the device queue
     /// and starve reads (the backend's, when source and target share a device, and the

@@ -71,8 +71,8 @@ pub struct Status {
     /// How on-demand and background share the WAN: `separate` or `shared` (`--qos`).
     #[serde(default)]
     pub qos: String,
-    /// Shared mode: background chunks allowed outstanding now (adaptive cap, all cores) and
-    /// outstanding; the base round trip and the queueing delay the cap steers by (the
+    /// Background chunks allowed outstanding now (the delay-based window, all cores) and
+    /// outstanding; the base round trip and the queueing delay the window steers by (the
     /// largest over cores).
     #[serde(default)]
     pub background_window_chunks: u64,
@@ -156,8 +156,9 @@ pub struct ShardNumbers {
     pub deduped_chunks: u64,
     pub deduped_bytes: u64,
     pub ref_misses: u64,
-    /// `Some` in the shared QoS mode: (window, outstanding, base RTT µs, queue delay µs).
+    /// A running shard's background window: (window, outstanding, base RTT µs, queue delay µs).
     pub cap: Option<(u64, u64, u64, u64)>,
+    pub qos_shared: bool,
 }
 
 impl Status {
@@ -183,17 +184,13 @@ impl Status {
         self.fetches_in_flight += n.fetches_in_flight;
         self.unsynced_chunks += n.unsynced_chunks;
         self.unsynced_bytes = self.unsynced_chunks * u64::from(self.chunk_size_bytes);
-        match n.cap {
-            Some((window, outstanding, rtt, delay)) => {
-                self.qos = "shared".into();
-                self.background_window_chunks += window;
-                self.background_outstanding_chunks += outstanding;
-                self.base_rtt_us = self.base_rtt_us.max(rtt);
-                self.queue_delay_us = self.queue_delay_us.max(delay);
-            }
-            // Only a running frontend knows its mode.
-            None if self.running && self.qos.is_empty() => self.qos = "separate".into(),
-            None => {}
+        // Only a running frontend knows its mode and window.
+        if let Some((window, outstanding, rtt, delay)) = n.cap {
+            self.qos = if n.qos_shared { "shared" } else { "separate" }.into();
+            self.background_window_chunks += window;
+            self.background_outstanding_chunks += outstanding;
+            self.base_rtt_us = self.base_rtt_us.max(rtt);
+            self.queue_delay_us = self.queue_delay_us.max(delay);
         }
     }
 }

@@ -58,7 +58,7 @@ impl Bucket {
 pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
     // Under the shared-mode cap, room opens a chunk at a time and batches are small: the cap,
     // not the request count, must bound what is outstanding.
-    let requests = cfg.in_flight.max(1) * if shard.background_cap.is_some() { 8 } else { 1 };
+    let requests = cfg.in_flight.max(1) * 8;
     let permits = std::sync::Arc::new(async_lock::Semaphore::new(requests));
     let mut bucket = Bucket {
         tokens: 0.0,
@@ -81,16 +81,11 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
             continue;
         }
         // Shared connection: no more outstanding than the adaptive cap allows.
-        let limit = match &shard.background_cap {
-            Some(cap) => cap.grant(cfg.batch_chunks).await,
-            None => cfg.batch_chunks,
-        };
-        let cap = shard.background_cap.as_ref();
+        let cap = &shard.background_cap;
+        let limit = cap.grant(cfg.batch_chunks).await;
         batch.clear();
         shard.prefetch.fill(&shard, &mut batch, limit);
-        if let Some(cap) = cap {
-            cap.release(limit - batch.len());
-        }
+        cap.release(limit - batch.len());
         if batch.is_empty() {
             drop(permit);
             if shard.counts()[ChunkState::Untouched.code() as usize] == 0 {
@@ -110,9 +105,7 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
             // (a pause stops background traffic on the wire, not one batch later).
             if shard.background_rate.get() == Some(0) || shard.hydration_held.get() {
                 shard.prefetch.requeue(&batch);
-                if let Some(cap) = cap {
-                    cap.release(batch.len());
-                }
+                cap.release(batch.len());
                 continue;
             }
         }
@@ -130,9 +123,7 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
         });
         let n = shard.start_fetch(&batch, Class::Background, Some(done));
         // The fetch gives back each chunk it asks for as its answer comes; these it skipped.
-        if let Some(cap) = cap {
-            cap.release(batch.len() - n);
-        }
+        cap.release(batch.len() - n);
         tracing::trace!(core = shard.id, first = batch[0], n, "background batch");
     }
     // Make the last batches durable before reporting completion.

@@ -148,7 +148,7 @@ pub fn header(
 ) -> Header {
     Header {
         machine,
-        reproduce: crate::reproduce_command(true),
+        reproduce: without_ferry_flag(&crate::reproduce_command(true)),
         source_revision: crate::ferry::source_revision(),
         quick,
         ferry: FerryInfo {
@@ -161,6 +161,21 @@ pub fn header(
         sample_reused: sample.reused,
         warnings: crate::warnings(),
     }
+}
+
+/// The reproducing command without `--ferry PATH` (a path of this machine; the report
+/// names the binary separately).
+pub fn without_ferry_flag(cmd: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut words = cmd.split(' ');
+    while let Some(w) = words.next() {
+        if w == "--ferry" {
+            words.next();
+        } else if !w.starts_with("--ferry=") {
+            out.push(w);
+        }
+    }
+    out.join(" ")
 }
 
 /// Prints a report and writes its section of `--results`.
@@ -196,4 +211,22 @@ pub fn mib(x: f64) -> String {
 /// A latency in microseconds as milliseconds with two decimals.
 pub fn ms(us: f64) -> String {
     format!("{:.2}", us / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reproduce_without_the_local_binary() {
+        assert_eq!(
+            without_ferry_flag("cargo run -- qos --ferry /x/ferry --results R.md"),
+            "cargo run -- qos --results R.md"
+        );
+        assert_eq!(
+            without_ferry_flag("cargo run -- qos --ferry=/x --quick"),
+            "cargo run -- qos --quick"
+        );
+        assert_eq!(without_ferry_flag("a b"), "a b");
+    }
 }

@@ -59,6 +59,9 @@ pub struct Replay {
     pub fetched_bytes_background: u64,
     pub chunks_untouched: u64,
     pub chunks_total: u64,
+    pub fetched_chunks_on_demand: u64,
+    /// The frontend's fetch latencies per class at the end (µs).
+    pub fetch_latency_us: Option<crate::ferry::FetchLatencies>,
 }
 
 impl Replay {
@@ -72,6 +75,9 @@ pub struct PrefetchReport {
     pub header: Header,
     pub recording: Done,
     pub recording_summary: String,
+    /// Distinct chunks the recording read (`ferry recording info --json`) and their size.
+    pub recorded_chunks: Option<u64>,
+    pub chunk_bytes: Option<u64>,
     pub workload_files: u64,
     pub workload_bytes: u64,
     pub replays: Vec<Replay>,
@@ -103,6 +109,14 @@ fn hit_rate(replays: &[Replay], prefetch: bool) -> Option<f64> {
             (h + x.prefetch_hits, r + x.prefetch_reads)
         });
     (r > 0).then(|| h as f64 / r as f64)
+}
+
+/// `summary.chunks_touched` and `identity.chunk_size_bytes` of `ferry recording info --json`.
+pub fn recording_chunks(v: &serde_json::Value) -> (Option<u64>, Option<u64>) {
+    (
+        v["summary"]["chunks_touched"].as_u64(),
+        v["identity"]["chunk_size_bytes"].as_u64(),
+    )
 }
 
 pub fn verdicts(speedup: f64, hit_rate_with: Option<f64>) -> Vec<String> {
@@ -212,6 +226,15 @@ pub fn run(args: PrefetchArgs) -> Result<PrefetchReport> {
         .unwrap_or_else(|e| format!("(no summary line from ferry record: {e:#})"));
     drop(recorder);
     let _ = std::fs::remove_file(&copy);
+    let (recorded_chunks, chunk_bytes) = crate::child::run_capture(
+        Command::new(&ferry.bin)
+            .args(["recording", "info", "--json"])
+            .arg(&rec),
+        Duration::from_secs(60),
+    )
+    .ok()
+    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    .map_or((None, None), |v| recording_chunks(&v));
     progress(&format!(
         "recorded: {} files found, {} files / {} MiB read in {:.1} s; {recording_summary}",
         recording.files_found,
@@ -268,6 +291,8 @@ pub fn run(args: PrefetchArgs) -> Result<PrefetchReport> {
                 fetched_bytes_background: st.fetched_bytes_background,
                 chunks_untouched: st.chunks_untouched,
                 chunks_total: st.chunks_total,
+                fetched_chunks_on_demand: st.fetched_chunks_on_demand,
+                fetch_latency_us: st.fetch_latency_us.clone(),
             };
             progress(&format!(
                 "  {:.1} s (find {:.1} s), hit rate {}, on-demand {} MiB, background {} MiB",
@@ -295,6 +320,8 @@ pub fn run(args: PrefetchArgs) -> Result<PrefetchReport> {
         workload_bytes: recording.bytes_read,
         recording,
         recording_summary,
+        recorded_chunks,
+        chunk_bytes,
         replays,
         with_s,
         without_s,
@@ -303,6 +330,18 @@ pub fn run(args: PrefetchArgs) -> Result<PrefetchReport> {
         hit_rate_without,
         verdicts: verdicts(speedup, hit_rate_with),
     })
+}
+
+fn lat(l: Option<&crate::ferry::FetchLatency>) -> String {
+    match l {
+        Some(l) if l.count > 0 => format!(
+            "{:.0} / {:.0} / {:.0}",
+            l.p50 as f64 / 1000.0,
+            l.p99 as f64 / 1000.0,
+            l.max as f64 / 1000.0
+        ),
+        _ => "–".into(),
+    }
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -329,6 +368,15 @@ impl PrefetchReport {
             "* Recorded with `ferry record --source COPY_OF_SAMPLE --nbd unix:SOCK --out workload.ferryrec --name vol` (workload took {:.1} s on the local copy), stopped with SIGTERM; `ferry record` said: {}",
             self.recording.seconds, self.recording_summary
         );
+        if let (Some(n), Some(cb)) = (self.recorded_chunks, self.chunk_bytes) {
+            let _ = writeln!(
+                o,
+                "* The recording read {n} distinct chunks of {} KiB = {} MiB: at the link's rate that is {:.1} s of transfer (less what compression and zero chunks save), a floor for the workload on a fresh migration whatever the prefetch order",
+                cb >> 10,
+                mib((n * cb) as f64),
+                (n * cb) as f64 / super::LINK_RATE_BYTES_PER_S as f64
+            );
+        }
         let _ = writeln!(
             o,
             "* Replay: fresh target, state dir and dedup index each run; `ferry backend` → emulator with strict DSCP priority → `ferry frontend --dedup-index FRESH [--prefetch workload.ferryrec]` (default `--qos separate`, background unlimited); page cache dropped before; the workload starts when the frontend prints its serving line and is timed from that line to the last byte read"
@@ -339,9 +387,9 @@ impl PrefetchReport {
         );
         let _ = writeln!(
             o,
-            "| run | time s | of which find s | hit rate | hits / reads | on-demand MiB | background MiB | chunks untouched at the end | prefetch batches by class |"
+            "| run | time s | of which find s | hit rate | hits / reads | on-demand fetches (MiB) | on-demand fetch p50 / p99 / max ms | background fetch p50 / p99 / max ms | background MiB | chunks untouched at the end | prefetch batches by class |"
         );
-        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &self.replays {
             let batches = r
                 .prefetch_batches
@@ -351,7 +399,7 @@ impl PrefetchReport {
                 .join(", ");
             let _ = writeln!(
                 o,
-                "| {} (round {}) | {:.1} | {:.1} | {} | {} / {} | {} | {} | {} of {} | {} |",
+                "| {} (round {}) | {:.1} | {:.1} | {} | {} / {} | {} ({}) | {} | {} | {} | {} of {} | {} |",
                 if r.prefetch {
                     "with `--prefetch`"
                 } else {
@@ -363,7 +411,10 @@ impl PrefetchReport {
                 pct(r.hit_rate()),
                 r.prefetch_hits,
                 r.prefetch_reads,
+                r.fetched_chunks_on_demand,
                 mib(r.fetched_bytes_on_demand as f64),
+                lat(r.fetch_latency_us.as_ref().map(|l| &l.on_demand)),
+                lat(r.fetch_latency_us.as_ref().map(|l| &l.background)),
                 mib(r.fetched_bytes_background as f64),
                 r.chunks_untouched,
                 r.chunks_total,
@@ -413,7 +464,19 @@ mod tests {
             fetched_bytes_background: 0,
             chunks_untouched: 0,
             chunks_total: 0,
+            fetched_chunks_on_demand: 0,
+            fetch_latency_us: None,
         }
+    }
+
+    #[test]
+    fn chunks_of_a_recording_info() {
+        let v = serde_json::json!({
+            "identity": {"chunk_size_bytes": 65536},
+            "summary": {"chunks_touched": 2279, "events": 3038}
+        });
+        assert_eq!(recording_chunks(&v), (Some(2279), Some(65536)));
+        assert_eq!(recording_chunks(&serde_json::json!({})), (None, None));
     }
 
     #[test]
