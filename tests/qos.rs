@@ -170,7 +170,7 @@ fn an_on_demand_reply_overtakes_a_queued_background_batch() {
     }
     println!("background data chunks ahead of the on-demand reply: {background_before} of 1024");
     // What was already past the backend's queue: our receive window (~128 KiB), the
-    // kernel's unsent low-water mark (128 KiB), the chunk being sent: a handful. In arrival
+    // kernel's unsent low-water mark (32 KiB), the chunk being sent: a handful. In arrival
     // order it would have come after ~1000.
     assert!(
         background_before <= 16,
