@@ -366,3 +366,100 @@ fn without_a_matching_recording_ext4_metadata_goes_first() {
     h.cutover_wait();
     assert_files_equal(&image, &h.target);
 }
+
+/// Sequence prediction: a recording reads a sequence of scattered chunks once, then two other
+/// chunks many times (so the frequency order puts those two first). On a fresh migration the
+/// workload's first two reads follow the sequence: the next background requests carry the
+/// rest of the sequence, in its order, ahead of the frequency list.
+#[test]
+fn live_reads_that_follow_the_recorded_sequence_fetch_what_comes_next() {
+    require_tools(&["qemu-io"]);
+    let dir = test_dir("prefetch-seq");
+    let source = dir.path().join("source.img");
+    make_source(&source, SIZE, 9);
+    // Core 0's stripe, past the first MiB, away from make_source's holes and zero MiBs.
+    let seq: Vec<u64> = (0..)
+        .map(|i| 40 + i * 67)
+        .filter(|c| ![3, 5].contains(&((c / 16) % 8)))
+        .take(12)
+        .collect();
+    let hot = [1005u64, 1010];
+    let rec = dir.path().join("rec.sqlite");
+    let rec_s = rec.to_str().unwrap();
+    {
+        let run1 = dir.path().join("run1");
+        std::fs::create_dir_all(&run1).unwrap();
+        let opts = Opts::default()
+            .rate("0")
+            .frontend_args(&["--record", rec_s, "--no-dedup"]);
+        let mut h = Harness::start_kind(ServerKind::Ferry, &run1, &source, opts);
+        let mut cmds: Vec<String> = seq.iter().map(|&c| read_cmd(c)).collect();
+        for _ in 0..4 {
+            cmds.extend(hot.iter().map(|&c| read_cmd(c)));
+        }
+        let cmds: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
+        qemu_io_ok(&h.uri(), &cmds);
+        h.cutover_wait();
+        h.stop_backend();
+    }
+    let run2 = dir.path().join("run2");
+    std::fs::create_dir_all(&run2).unwrap();
+    let opts = Opts::default()
+        .rate("0")
+        .frontend_args(&[
+            "--prefetch",
+            rec_s,
+            "--no-dedup",
+            "--batch-chunks",
+            "4",
+            "--background-in-flight",
+            "1",
+        ])
+        .backend_args(&["--log-level", "info,dataplane::backend::conn=debug"]);
+    let mut h = Harness::start_kind(ServerKind::Ferry, &run2, &source, opts);
+    // The workload starts the way the recording did; background is still paused.
+    qemu_io_ok(&h.uri(), &[&read_cmd(seq[0]), &read_cmd(seq[1])]);
+    run_ok(
+        Command::new(FERRY)
+            .args(["set-rate", "--background-rate", "1M", "--state-dir"])
+            .arg(&h.state_dir),
+    );
+    let log = run2.join("backend.stderr");
+    let rest = &seq[2..];
+    wait_until("the predicted chunks on the wire", Duration::from_secs(60), || {
+        wire_order(&log)[0].iter().map(Vec::len).sum::<usize>() >= rest.len() + 4
+    });
+    let [c0, _] = wire_order(&log);
+    // The rest of the sequence first, in its order (a request lists its chunks sorted, and
+    // the background window sizes requests: order shows between requests), then the
+    // frequency list (the two hot chunks).
+    let sent: Vec<u64> = c0.iter().flatten().copied().collect();
+    let mut first: Vec<u64> = sent[..rest.len()].to_vec();
+    first.sort_unstable();
+    let mut want = rest.to_vec();
+    want.sort_unstable();
+    assert_eq!(first, want, "core 0 requests {c0:?}");
+    let at = |c: &u64| rest.iter().position(|r| r == c);
+    let mut last_pos = 0;
+    for r in c0.iter().take_while(|r| r.iter().all(|c| at(c).is_some())) {
+        let lo = r.iter().filter_map(at).min().unwrap_or(0);
+        assert!(lo >= last_pos, "out of sequence order: {c0:?}");
+        last_pos = r.iter().filter_map(at).max().unwrap_or(0);
+    }
+    let pos = |c: u64| sent.iter().position(|&s| s == c);
+    for h in hot {
+        assert!(
+            pos(h).is_none_or(|p| p >= rest.len()),
+            "hot chunk {h} went ahead of the predicted sequence: {c0:?}"
+        );
+    }
+    let st = h.status().unwrap();
+    assert!(get_u64(&st["prefetch_batches"], "sequence") >= 3, "{st}");
+    run_ok(
+        Command::new(FERRY)
+            .args(["set-rate", "--background-rate", "unlimited", "--state-dir"])
+            .arg(&h.state_dir),
+    );
+    h.cutover_wait();
+    assert_files_equal(&source, &h.target);
+}
