@@ -151,8 +151,9 @@ fn recording_orders_the_background_and_bad_recordings_are_refused() {
         .backend_args(&["--log-level", "info,dataplane::backend::conn=debug"]);
     let mut h = Harness::start_kind(ServerKind::Ferry, &run2, &source, opts);
     let log = run2.join("backend.stderr");
-    let (mine0, mine1): (Vec<u64>, Vec<u64>) =
-        RECORDED.iter().partition(|&&c| (c / STRIPE).is_multiple_of(2));
+    let (mine0, mine1): (Vec<u64>, Vec<u64>) = RECORDED
+        .iter()
+        .partition(|&&c| (c / STRIPE).is_multiple_of(2));
     wait_until(
         "the recorded chunks and the first MiB on the wire",
         Duration::from_secs(60),
@@ -426,9 +427,11 @@ fn live_reads_that_follow_the_recorded_sequence_fetch_what_comes_next() {
     );
     let log = run2.join("backend.stderr");
     let rest = &seq[2..];
-    wait_until("the predicted chunks on the wire", Duration::from_secs(60), || {
-        wire_order(&log)[0].iter().map(Vec::len).sum::<usize>() >= rest.len() + 4
-    });
+    wait_until(
+        "the predicted chunks on the wire",
+        Duration::from_secs(60),
+        || wire_order(&log)[0].iter().map(Vec::len).sum::<usize>() >= rest.len() + 4,
+    );
     let [c0, _] = wire_order(&log);
     // The rest of the sequence first, in its order (a request lists its chunks sorted, and
     // the background window sizes requests: order shows between requests), then the

@@ -162,7 +162,10 @@ fn an_on_demand_reply_overtakes_a_queued_background_batch() {
                 }
             }
             4 => {
-                assert!(f.starts_with("ChunkData") && field(&f, "chunk") == 1000, "{f}");
+                assert!(
+                    f.starts_with("ChunkData") && field(&f, "chunk") == 1000,
+                    "{f}"
+                );
                 on_demand_at = Some(background_total);
             }
             other => panic!("reply to unknown request {other}: {f}"),
@@ -236,7 +239,10 @@ fn background_keeps_its_floor_under_constant_on_demand_load() {
     );
     assert_eq!(b["qos"], "shared");
     // The load really filled the link: on-demand took most of it.
-    assert!(od > 1.5 * bg, "on-demand {od} bytes vs background {bg}: not loaded");
+    assert!(
+        od > 1.5 * bg,
+        "on-demand {od} bytes vs background {bg}: not loaded"
+    );
     // And background still moved at the floor (1 MiB/s; 80% for timer and chunk rounding).
     assert!(
         bg / secs >= 0.8 * MIB as f64,

@@ -184,8 +184,7 @@ pub fn run(
         Some(path) => Some(choose_prefetch(&cfg, path, info.size_bytes)?),
         // No recording, but the file system's hot areas still go first: locating them costs
         // one read of chunk 0, and a backend that cannot answer it only loses that class.
-        None => match blocking::read_first_chunk(cfg.backend, &cfg.volume, cfg.chunk_size_bytes)
-        {
+        None => match blocking::read_first_chunk(cfg.backend, &cfg.volume, cfg.chunk_size_bytes) {
             Ok(head) => Some((None, head)),
             Err(e) => {
                 tracing::warn!(error = %e, "chunk 0 not read: no file-system prefetch");

@@ -83,7 +83,8 @@ impl BackgroundCap {
             changed: Notify::default(),
         };
         // Start like slow start from a few chunks: a long link fills within a few round trips.
-        cap.window.set(cap.floor().max(4.0).min(cap.max_chunks as f64));
+        cap.window
+            .set(cap.floor().max(4.0).min(cap.max_chunks as f64));
         cap
     }
 
@@ -159,7 +160,10 @@ impl BackgroundCap {
             self.base_prev.set(self.base_cur.take());
             self.period_start.set(now);
         }
-        let cur = self.base_cur.get().map_or(first_reply, |b| b.min(first_reply));
+        let cur = self
+            .base_cur
+            .get()
+            .map_or(first_reply, |b| b.min(first_reply));
         self.base_cur.set(Some(cur));
         if !background {
             return;
