@@ -303,6 +303,16 @@ pub fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(argv);
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Recording(_) | Command::Migrate(_)
+    ) {
+        // Commands that only print: `ferry status | head -1` should end quietly as other
+        // tools do, not panic on EPIPE. Servers keep SIGPIPE ignored (a peer that goes away
+        // is an error to handle, not a reason to die).
+        // SAFETY: sets a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logging(cli.log_format, cli.log.as_deref());
     match run(cli.command) {
         Ok(code) => code,
