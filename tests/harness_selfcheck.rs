@@ -85,6 +85,7 @@ fn fake_backend_speaks_the_protocol_then_faults() {
             class: Class::OnDemand,
             no_refs: false,
             no_zstd: false,
+            link_bound: false,
             chunks: vec![2],
         }
         .encode(2, &mut out)

@@ -131,6 +131,7 @@ fn an_on_demand_reply_overtakes_a_queued_background_batch() {
             class: Class::Background,
             no_refs: true,
             no_zstd: true,
+            link_bound: false,
             chunks: all,
         },
     );
@@ -142,6 +143,7 @@ fn an_on_demand_reply_overtakes_a_queued_background_batch() {
             class: Class::OnDemand,
             no_refs: true,
             no_zstd: true,
+            link_bound: false,
             chunks: vec![1000],
         },
     );

@@ -70,6 +70,10 @@ const FETCH_NO_REFS: u8 = 0x80;
 /// Bit 6 of a `Fetch`'s class byte: send these chunks uncompressed (the frontend, not the
 /// link, is the bottleneck right now, so compressing would only cost CPU).
 const FETCH_NO_ZSTD: u8 = 0x40;
+/// Bit 5 of a `Fetch`'s class byte: the link is the bottleneck of this frontend's fetches
+/// right now (its window of requests is what limits them), so compressing pays even though the
+/// backend's socket, paced by those requests, never looks busy.
+const FETCH_LINK_BOUND: u8 = 0x20;
 
 /// Header bytes covered by the crc (everything before the crc itself).
 const CRC_COVERED_LEN: usize = 20;
@@ -461,7 +465,8 @@ pub enum Frame<'a> {
         extents: Vec<(u64, u64)>,
     },
     /// `handle u32, class u8, count u32 (1..=1024), chunk u64 × count`. The class byte's
-    /// low 6 bits are the [`Class`] code; bit 7 set means `no_refs`, bit 6 `no_zstd`.
+    /// low 5 bits are the [`Class`] code; bit 7 set means `no_refs`, bit 6 `no_zstd`, bit 5
+    /// `link_bound`.
     Fetch {
         /// Volume handle.
         handle: u32,
@@ -471,6 +476,9 @@ pub enum Frame<'a> {
         no_refs: bool,
         /// Answer uncompressed (meaningful only with [`CAP_ZSTD`]).
         no_zstd: bool,
+        /// The link limits this frontend's fetches now: compress if it pays (meaningful
+        /// only with [`CAP_ZSTD`]; `no_zstd` wins).
+        link_bound: bool,
         /// Chunk indexes wanted.
         chunks: Vec<u64>,
     },
@@ -754,6 +762,7 @@ impl<'a> Frame<'a> {
                 class,
                 no_refs,
                 no_zstd,
+                link_bound,
                 chunks,
             } => {
                 check_fetch_count(chunks.len())?;
@@ -764,6 +773,9 @@ impl<'a> Frame<'a> {
                 }
                 if *no_zstd {
                     b |= FETCH_NO_ZSTD;
+                }
+                if *link_bound {
+                    b |= FETCH_LINK_BOUND;
                 }
                 out.push(b);
                 out.extend_from_slice(&(chunks.len() as u32).to_be_bytes());
@@ -1008,7 +1020,9 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             let class_byte = get_u8(&mut r, "fetch class")?;
             let no_refs = class_byte & FETCH_NO_REFS != 0;
             let no_zstd = class_byte & FETCH_NO_ZSTD != 0;
-            let class = Class::from_code(class_byte & !(FETCH_NO_REFS | FETCH_NO_ZSTD)).ok_or(
+            let link_bound = class_byte & FETCH_LINK_BOUND != 0;
+            let flags = FETCH_NO_REFS | FETCH_NO_ZSTD | FETCH_LINK_BOUND;
+            let class = Class::from_code(class_byte & !flags).ok_or(
                 WireError::Invalid {
                     what: "unknown fetch class",
                 },
@@ -1025,6 +1039,7 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
                 class,
                 no_refs,
                 no_zstd,
+                link_bound,
                 chunks,
             }
         }

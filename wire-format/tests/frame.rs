@@ -62,15 +62,19 @@ fn frame(max_data: usize) -> impl Strategy<Value = Frame<'static>> {
             class(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
             proptest::collection::vec(any::<u64>(), 1..64)
         )
-            .prop_map(|(handle, class, no_refs, no_zstd, chunks)| Frame::Fetch {
-                handle,
-                class,
-                no_refs,
-                no_zstd,
-                chunks
-            }),
+            .prop_map(
+                |(handle, class, no_refs, no_zstd, link_bound, chunks)| Frame::Fetch {
+                    handle,
+                    class,
+                    no_refs,
+                    no_zstd,
+                    link_bound,
+                    chunks
+                }
+            ),
         (
             any::<u32>(),
             any::<u64>(),
@@ -282,6 +286,7 @@ fn max_sizes_round_trip() {
             class: Class::Background,
             no_refs: false,
             no_zstd: false,
+            link_bound: false,
             chunks,
         },
         Frame::Hello {
@@ -370,6 +375,7 @@ fn encoder_refuses_out_of_bounds() {
             class: Class::OnDemand,
             no_refs: false,
             no_zstd: false,
+            link_bound: false,
             chunks: vec![],
         },
         Frame::Fetch {
@@ -377,6 +383,7 @@ fn encoder_refuses_out_of_bounds() {
             class: Class::OnDemand,
             no_refs: false,
             no_zstd: false,
+            link_bound: false,
             chunks: vec![0; MAX_FETCH_CHUNKS + 1],
         },
         Frame::Have {

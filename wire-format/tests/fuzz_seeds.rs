@@ -66,6 +66,7 @@ fn frame_seeds() -> Seeds {
                 class: Class::OnDemand,
                 no_refs: false,
                 no_zstd: false,
+                link_bound: false,
                 chunks: vec![0, 7, 9],
             },
         ),

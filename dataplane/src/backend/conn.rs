@@ -176,9 +176,13 @@ impl Conn {
                     class,
                     no_refs,
                     no_zstd,
+                    link_bound,
                     chunks,
                 } => {
                     let opened = self.lookup(handle)?;
+                    if link_bound && !no_zstd {
+                        self.encoder.borrow_mut().link_bound();
+                    }
                     tracing::debug!(?class, n = chunks.len(), chunks = ?&chunks[..chunks.len().min(64)], "fetch request");
                     self.saw(class);
                     let permit = permits[class_slot(class)].acquire_arc().await;

@@ -92,6 +92,8 @@ struct Window {
     sends: u32,
     busy: Duration,
     raw_bytes: u64,
+    /// The frontend said in this window that the link limits its fetches.
+    link_bound: bool,
 }
 
 impl Window {
@@ -101,6 +103,7 @@ impl Window {
             sends: 0,
             busy: Duration::ZERO,
             raw_bytes: 0,
+            link_bound: false,
         }
     }
 }
@@ -132,6 +135,15 @@ impl Encoder {
             zstd,
             refs: refs.then(HashSet::new),
             stats: EncodeStats::default(),
+        }
+    }
+
+    /// The frontend's fetches are limited by the link, not by this backend: the socket,
+    /// paced by the frontend's window of requests, does not show it, so this window counts as
+    /// link-bound.
+    pub fn link_bound(&mut self) {
+        if let Some(z) = self.zstd.as_mut() {
+            z.window.link_bound = true;
         }
     }
 
@@ -215,7 +227,11 @@ impl Encoder {
         z.window.busy += busy;
         let wall = z.window.start.elapsed();
         if wall >= WINDOW && z.window.sends >= WINDOW_SENDS {
-            let util = z.window.busy.as_secs_f64() / wall.as_secs_f64();
+            let util = if z.window.link_bound {
+                1.0
+            } else {
+                z.window.busy.as_secs_f64() / wall.as_secs_f64()
+            };
             let flow = z.window.raw_bytes as f64 / wall.as_secs_f64();
             z.adapt(util, flow);
             z.window = Window::new();
@@ -328,6 +344,21 @@ mod tests {
             e.sent(Duration::ZERO);
         }
         last
+    }
+
+    #[test]
+    fn a_frontend_that_says_link_bound_gets_compression_with_an_idle_socket() {
+        let mut e = Encoder::new(true, false);
+        let raw = text(65536);
+        // The socket is never busy (the frontend's window paces the sends) ...
+        drive(&mut e, &raw, 3, 0.0);
+        assert_eq!(e.level(), 0);
+        // ... but the frontend says its fetches are limited by the link.
+        for _ in 0..3 {
+            e.link_bound();
+            drive(&mut e, &raw, 1, 0.0);
+        }
+        assert!(e.level() >= 3, "level {}", e.level());
     }
 
     #[test]

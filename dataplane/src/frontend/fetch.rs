@@ -123,7 +123,8 @@ impl Shard {
             };
             let want: Vec<u64> = remaining.iter().copied().collect();
             let before = remaining.len();
-            let mut replies = match link.fetch(class, false, &want).await {
+            let link_bound = self.background_cap.link_bound();
+            let mut replies = match link.fetch(class, false, link_bound, &want).await {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = e.to_string();
@@ -332,7 +333,8 @@ impl Shard {
                     continue;
                 }
             };
-            let mut replies = match link.fetch(class, true, &[chunk]).await {
+            let link_bound = self.background_cap.link_bound();
+            let mut replies = match link.fetch(class, true, link_bound, &[chunk]).await {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = e.to_string();

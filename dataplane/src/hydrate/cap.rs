@@ -128,6 +128,14 @@ impl BackgroundCap {
         self.base()
     }
 
+    /// The link is what limits background now: a WAN round trip, and requests queueing at
+    /// least half the target behind each other. The backend's socket, paced by our window,
+    /// never looks busy then, so it is told (to compress if that pays).
+    pub fn link_bound(&self) -> bool {
+        self.base().is_some_and(|b| b >= SEPARATE_WAN_RTT_MIN)
+            && self.last_delay.get() >= self.target / 2
+    }
+
     /// Waits for room, then takes up to `want` chunks of it. Room opens a chunk at a time as
     /// replies come; with a large window, waiting for an eighth of it keeps requests big
     /// (a stream of one-chunk requests costs both ends far more per byte).

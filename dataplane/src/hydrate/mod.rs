@@ -84,8 +84,20 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
         let cap = &shard.background_cap;
         let limit = cap.grant(cfg.batch_chunks).await;
         batch.clear();
-        shard.prefetch.fill(&shard, &mut batch, limit);
+        let class = shard.prefetch.fill(&shard, &mut batch, limit);
         cap.release(limit - batch.len());
+        if let Some(class) = class.filter(|&c| shard.prefetch.outranked(c)) {
+            // Another core still fetches chunks the workload is likelier to want: the link is
+            // theirs; this batch goes out when they are through.
+            tracing::trace!(core = shard.id, class = class.name(), "batch held for a higher class elsewhere");
+            shard.prefetch.requeue(&batch);
+            shard.prefetch.hold();
+            cap.release(batch.len());
+            batch.clear();
+            drop(permit);
+            runtime::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         if batch.is_empty() {
             drop(permit);
             if shard.counts()[ChunkState::Untouched.code() as usize] == 0 {

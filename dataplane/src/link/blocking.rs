@@ -164,6 +164,7 @@ pub fn read_first_chunk(
             class: Class::OnDemand,
             no_refs: true,
             no_zstd: true,
+            link_bound: false,
             chunks: vec![0],
         },
         2,

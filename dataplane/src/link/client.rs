@@ -411,10 +411,13 @@ impl BackendLink {
 
     /// Asks for `chunks`; one reply per chunk arrives on the returned channel. With
     /// `no_refs` every chunk comes as data (a reference we were given could not be used).
+    /// `link_bound`: our window of fetches, not the backend, limits them (the backend then
+    /// compresses if that pays).
     pub async fn fetch(
         self: &Rc<Self>,
         class: Class,
         no_refs: bool,
+        link_bound: bool,
         chunks: &[u64],
     ) -> Result<Replies, LinkError> {
         let handle = self.handle;
@@ -424,6 +427,7 @@ impl BackendLink {
                 class,
                 no_refs,
                 no_zstd: self.backlog.receiver_bound(),
+                link_bound,
                 chunks: chunks.to_vec(),
             }
             .encode(id, out)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wire_format::state::ChunkState;
 
-use super::plan::Plan;
+use super::plan::{Plan, NO_CLASS};
 use super::queue::{Class, ClassQueues};
 use super::sequence::Matcher;
 use super::{DYNAMIC_CAP, NEIGHBOURS, SEQUENCE_AHEAD};
@@ -17,6 +17,7 @@ use crate::geometry::Geometry;
 
 pub struct ShardPrefetch {
     plan: Arc<Plan>,
+    core: usize,
     queues: RefCell<ClassQueues>,
     last_class: Cell<Option<Class>>,
     /// This shard found nothing left to hydrate (counted once in `plan.shards_hydrating`).
@@ -47,6 +48,7 @@ impl ShardPrefetch {
         let queues = ClassQueues::new(geo, core, &plan.ranked, &plan.hot, DYNAMIC_CAP);
         ShardPrefetch {
             plan,
+            core,
             queues: RefCell::new(queues),
             last_class: Cell::new(None),
             finished: Cell::new(false),
@@ -59,7 +61,7 @@ impl ShardPrefetch {
     }
 
     /// Fills the next background batch (`batch` empty) with up to `max` chunks.
-    pub fn fill(&self, shard: &Shard, batch: &mut Vec<u64>, max: usize) {
+    pub fn fill(&self, shard: &Shard, batch: &mut Vec<u64>, max: usize) -> Option<Class> {
         let eligible = |c: u64| {
             shard.state(c) == ChunkState::Untouched
                 && shard.existing_slot(c).is_none_or(|s| !s.fetching.get())
@@ -68,6 +70,8 @@ impl ShardPrefetch {
             .queues
             .borrow_mut()
             .fill(&shard.geo, batch, max, eligible);
+        let published = class.map_or(NO_CLASS, |c| c.index() as u8);
+        self.plan.classes[self.core].store(published, Ordering::Relaxed);
         if let Some(class) = class {
             self.last_class.set(Some(class));
             let n = &self.batches[class.index()];
@@ -77,6 +81,24 @@ impl ShardPrefetch {
         {
             self.plan.shards_hydrating.fetch_sub(1, Ordering::Relaxed);
         }
+        class
+    }
+
+    /// Another core is still fetching a higher class than `class`: this core's batch should
+    /// wait, or its lower-priority chunks would take half the link from the workload's.
+    pub fn outranked(&self, class: Class) -> bool {
+        let mine = class.index() as u8;
+        self.plan
+            .classes
+            .iter()
+            .enumerate()
+            .any(|(core, c)| core != self.core && c.load(Ordering::Relaxed) < mine)
+    }
+
+    /// A batch held back (`outranked`) is not this core's class any more: publish nothing,
+    /// so cores never wait for each other's held batches.
+    pub fn hold(&self) {
+        self.plan.classes[self.core].store(NO_CLASS, Ordering::Relaxed);
     }
 
     /// A filled batch that was not sent goes out first next time.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU8, AtomicUsize};
 
 use crate::geometry::Geometry;
 use crate::recording::{EventKind, Recording};
@@ -31,7 +31,14 @@ pub struct Plan {
     /// Shards whose hydration has not found everything done yet; reads are counted for the
     /// hit rate while it is above 0 (during migration).
     pub shards_hydrating: AtomicUsize,
+    /// Per core: the class of its latest background batch (`Class::index`), or `NO_CLASS`
+    /// when it has none. The link is shared by all cores, so a core whose next batch is of a
+    /// lower class waits while another still fetches a higher one.
+    pub classes: Vec<AtomicU8>,
 }
+
+/// `Plan::classes` entry of a core with no batch of any class.
+pub const NO_CLASS: u8 = u8::MAX;
 
 impl Plan {
     /// A plan with no recording and no hot areas: only neighbours and in-order apply.
@@ -58,6 +65,7 @@ impl Plan {
             positions,
             hot,
             shards_hydrating: AtomicUsize::new(geo.cores),
+            classes: (0..geo.cores).map(|_| AtomicU8::new(NO_CLASS)).collect(),
         }
     }
 }
