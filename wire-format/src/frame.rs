@@ -1022,11 +1022,9 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             let no_zstd = class_byte & FETCH_NO_ZSTD != 0;
             let link_bound = class_byte & FETCH_LINK_BOUND != 0;
             let flags = FETCH_NO_REFS | FETCH_NO_ZSTD | FETCH_LINK_BOUND;
-            let class = Class::from_code(class_byte & !flags).ok_or(
-                WireError::Invalid {
-                    what: "unknown fetch class",
-                },
-            )?;
+            let class = Class::from_code(class_byte & !flags).ok_or(WireError::Invalid {
+                what: "unknown fetch class",
+            })?;
             let count = get_u32(&mut r, "fetch count")? as usize;
             check_fetch_count(count)?;
             exact_fit(&r, count * 8, kind, "fetch chunks")?;

@@ -65,16 +65,16 @@ fn frame(max_data: usize) -> impl Strategy<Value = Frame<'static>> {
             any::<bool>(),
             proptest::collection::vec(any::<u64>(), 1..64)
         )
-            .prop_map(
-                |(handle, class, no_refs, no_zstd, link_bound, chunks)| Frame::Fetch {
+            .prop_map(|(handle, class, no_refs, no_zstd, link_bound, chunks)| {
+                Frame::Fetch {
                     handle,
                     class,
                     no_refs,
                     no_zstd,
                     link_bound,
-                    chunks
+                    chunks,
                 }
-            ),
+            }),
         (
             any::<u32>(),
             any::<u64>(),

@@ -89,7 +89,11 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
         if let Some(class) = class.filter(|&c| shard.prefetch.outranked(c)) {
             // Another core still fetches chunks the workload is likelier to want: the link is
             // theirs; this batch goes out when they are through.
-            tracing::trace!(core = shard.id, class = class.name(), "batch held for a higher class elsewhere");
+            tracing::trace!(
+                core = shard.id,
+                class = class.name(),
+                "batch held for a higher class elsewhere"
+            );
             shard.prefetch.requeue(&batch);
             shard.prefetch.hold();
             cap.release(batch.len());
