@@ -65,6 +65,9 @@ pub use fs::{DioAlign, File, OpenOptions};
 pub use net::{ConnectOpts, Listener, Stream};
 pub use op::Gather;
 pub use probe::probe;
+/// The DSCP a TCP client's handshake carried (for tools that relay or mirror it, e.g. the
+/// WAN emulator).
+pub use sys::{received_tos, set_recv_tos};
 pub use time::{sleep, timeout, Elapsed};
 
 /// The task handle returned by [`spawn`]; `.detach()` it to fire and forget, drop it to cancel.

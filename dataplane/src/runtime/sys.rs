@@ -211,7 +211,7 @@ pub(crate) fn getsockopt_int(
 /// Makes a TCP listener keep the TOS byte of each connection's handshake, for
 /// [`received_tos`] on the accepted sockets (they inherit the option). IPv4 only: an IPv6
 /// socket rejects IPPROTO_IP options.
-pub(crate) fn set_recv_tos(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub fn set_recv_tos(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
 }
 
@@ -222,7 +222,7 @@ pub(crate) fn set_recv_tos(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Why this works without a wire change: with IP_RECVTOS, Linux stores the TOS of the
 /// handshake in the new socket (`rcv_tos`) and `getsockopt(IP_PKTOPTIONS)` returns it as an
 /// IP_TOS control message, before any data has arrived (checked on loopback, kernel 6.18).
-pub(crate) fn received_tos(fd: BorrowedFd<'_>) -> io::Result<Option<u8>> {
+pub fn received_tos(fd: BorrowedFd<'_>) -> io::Result<Option<u8>> {
     // u64s for cmsghdr alignment; 256 bytes hold every option IPv4 can report here.
     let mut buf = [0u64; 32];
     let mut len = std::mem::size_of_val(&buf) as libc::socklen_t;

@@ -1,13 +1,13 @@
 //! DSCP classes: which connections a QoS-ready network would serve last.
 //!
 //! A connection's class comes from the TOS byte its client's handshake carried, read on the
-//! accepted socket (IP_RECVTOS on the listener, then IP_PKTOPTIONS; the same mechanism as
-//! `ferry_dataplane::runtime::Stream::received_tos`, repeated here because this crate does
-//! not depend on the dataplane). No byte of the stream is looked at.
+//! accepted socket (IP_RECVTOS on the listener, then IP_PKTOPTIONS: the dataplane's
+//! `runtime::received_tos`, which the backend uses to mirror the mark). No byte of the
+//! stream is looked at.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// DSCP CS1, "lower effort" in RFC 4594 (Ferry's background connection).
@@ -70,57 +70,15 @@ fn setsockopt_int(
     .map(drop)
 }
 
-/// Makes accepted sockets of an IPv4 listener record their handshake's TOS.
+/// Makes connections accepted on `listener` keep the TOS of their client's handshake.
 pub(crate) fn set_recv_tos(listener: &TcpListener) -> io::Result<()> {
-    setsockopt_int(listener.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
+    dataplane::runtime::set_recv_tos(listener.as_fd())
 }
 
 /// The TOS byte the client's handshake carried; `None` when not recorded (IPv6, or the
 /// listener had no [`set_recv_tos`]).
 pub(crate) fn received_tos(s: &TcpStream) -> io::Result<Option<u8>> {
-    // u64s for cmsghdr alignment; 256 bytes hold every option IPv4 can report here.
-    let mut buf = [0u64; 32];
-    let mut len = std::mem::size_of_val(&buf) as libc::socklen_t;
-    // SAFETY: passes a writable buffer and its exact size; the kernel writes at most `len`
-    // bytes and updates `len`.
-    let rc = cvt(unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTOPTIONS,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    });
-    match rc {
-        Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    // SAFETY: a zeroed msghdr is valid; its control fields cover only what the kernel
-    // wrote (never more than the buffer); the CMSG macros stay within `msg_controllen` and
-    // each data read is bounded by `cmsg_len`.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_control = buf.as_mut_ptr().cast();
-        msg.msg_controllen = (len as usize).min(std::mem::size_of_val(&buf)) as _;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let h = &*c;
-            let data_len = (h.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_TOS && data_len >= 1 {
-                // TCP reports an int, recvmsg a byte: the TOS is the low byte either way.
-                let tos = if data_len >= std::mem::size_of::<libc::c_int>() {
-                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()) as u8
-                } else {
-                    *libc::CMSG_DATA(c)
-                };
-                return Ok(Some(tos));
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok(None)
+    dataplane::runtime::received_tos(s.as_fd())
 }
 
 /// Connects to `addr` with IP_TOS `tos` set before the handshake, so the server learns the
