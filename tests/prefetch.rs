@@ -108,6 +108,42 @@ fn frontend_refusal(dir: &Path, backend: &str, rec: &Path) -> (Option<i32>, Stri
     (out.status.code(), stderr_of(&out))
 }
 
+/// Records, with `ferry frontend --record`, a workload reading `chunks` in this order (the
+/// background paused, so every read is on demand); the migration is then cut over.
+fn record_reads(dir: &Path, source: &Path, rec: &str, chunks: &[u64]) {
+    let run1 = dir.join("run1");
+    std::fs::create_dir_all(&run1).unwrap();
+    let opts = Opts::default()
+        .rate("0")
+        .frontend_args(&["--record", rec, "--no-dedup"]);
+    let mut h = Harness::start_kind(ServerKind::Ferry, &run1, source, opts);
+    let cmds: Vec<String> = chunks.iter().map(|&c| read_cmd(c)).collect();
+    let cmds: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
+    qemu_io_ok(&h.uri(), &cmds);
+    h.cutover_wait();
+    h.stop_backend();
+}
+
+/// A fresh migration of `source` with `--prefetch rec` at background `rate`, in small
+/// requests one at a time, its backend logging every fetch request (see `wire_order`).
+fn start_prefetching(dir: &Path, source: &Path, rec: &str, rate: &str) -> Harness {
+    let run2 = dir.join("run2");
+    std::fs::create_dir_all(&run2).unwrap();
+    let opts = Opts::default()
+        .rate(rate)
+        .frontend_args(&[
+            "--prefetch",
+            rec,
+            "--no-dedup",
+            "--batch-chunks",
+            "4",
+            "--background-in-flight",
+            "1",
+        ])
+        .backend_args(&["--log-level", "info,dataplane::backend::conn=debug"]);
+    Harness::start_kind(ServerKind::Ferry, &run2, source, opts)
+}
+
 #[test]
 fn recording_orders_the_background_and_bad_recordings_are_refused() {
     require_tools(&["qemu-io", "sqlite3"]);
@@ -118,39 +154,13 @@ fn recording_orders_the_background_and_bad_recordings_are_refused() {
     let rec_s = rec.to_str().unwrap();
 
     // (a) Record a workload reading scattered chunks (background paused: all on demand).
-    {
-        let run1 = dir.path().join("run1");
-        std::fs::create_dir_all(&run1).unwrap();
-        let opts = Opts::default()
-            .rate("0")
-            .frontend_args(&["--record", rec_s, "--no-dedup"]);
-        let mut h = Harness::start_kind(ServerKind::Ferry, &run1, &source, opts);
-        let mut cmds: Vec<String> = RECORDED.iter().map(|&c| read_cmd(c)).collect();
-        cmds.push(read_cmd(700));
-        cmds.push(read_cmd(700));
-        let cmds: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
-        qemu_io_ok(&h.uri(), &cmds);
-        h.cutover_wait();
-        h.stop_backend();
-    }
+    let mut reads = RECORDED.to_vec();
+    reads.extend([700, 700]);
+    record_reads(dir.path(), &source, rec_s, &reads);
 
     // (b) A fresh migration of the same source with --prefetch: order on the wire.
-    let run2 = dir.path().join("run2");
-    std::fs::create_dir_all(&run2).unwrap();
-    let opts = Opts::default()
-        .rate("1M")
-        .frontend_args(&[
-            "--prefetch",
-            rec_s,
-            "--no-dedup",
-            "--batch-chunks",
-            "4",
-            "--background-in-flight",
-            "1",
-        ])
-        .backend_args(&["--log-level", "info,dataplane::backend::conn=debug"]);
-    let mut h = Harness::start_kind(ServerKind::Ferry, &run2, &source, opts);
-    let log = run2.join("backend.stderr");
+    let mut h = start_prefetching(dir.path(), &source, rec_s, "1M");
+    let log = h.dir.join("backend.stderr");
     let (mine0, mine1): (Vec<u64>, Vec<u64>) = RECORDED
         .iter()
         .partition(|&&c| (c / STRIPE).is_multiple_of(2));
@@ -387,37 +397,12 @@ fn live_reads_that_follow_the_recorded_sequence_fetch_what_comes_next() {
     let hot = [1005u64, 1010];
     let rec = dir.path().join("rec.sqlite");
     let rec_s = rec.to_str().unwrap();
-    {
-        let run1 = dir.path().join("run1");
-        std::fs::create_dir_all(&run1).unwrap();
-        let opts = Opts::default()
-            .rate("0")
-            .frontend_args(&["--record", rec_s, "--no-dedup"]);
-        let mut h = Harness::start_kind(ServerKind::Ferry, &run1, &source, opts);
-        let mut cmds: Vec<String> = seq.iter().map(|&c| read_cmd(c)).collect();
-        for _ in 0..4 {
-            cmds.extend(hot.iter().map(|&c| read_cmd(c)));
-        }
-        let cmds: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
-        qemu_io_ok(&h.uri(), &cmds);
-        h.cutover_wait();
-        h.stop_backend();
+    let mut reads = seq.clone();
+    for _ in 0..4 {
+        reads.extend(hot);
     }
-    let run2 = dir.path().join("run2");
-    std::fs::create_dir_all(&run2).unwrap();
-    let opts = Opts::default()
-        .rate("0")
-        .frontend_args(&[
-            "--prefetch",
-            rec_s,
-            "--no-dedup",
-            "--batch-chunks",
-            "4",
-            "--background-in-flight",
-            "1",
-        ])
-        .backend_args(&["--log-level", "info,dataplane::backend::conn=debug"]);
-    let mut h = Harness::start_kind(ServerKind::Ferry, &run2, &source, opts);
+    record_reads(dir.path(), &source, rec_s, &reads);
+    let mut h = start_prefetching(dir.path(), &source, rec_s, "0");
     // The workload starts the way the recording did; background is still paused.
     qemu_io_ok(&h.uri(), &[&read_cmd(seq[0]), &read_cmd(seq[1])]);
     run_ok(
@@ -425,7 +410,7 @@ fn live_reads_that_follow_the_recorded_sequence_fetch_what_comes_next() {
             .args(["set-rate", "--background-rate", "1M", "--state-dir"])
             .arg(&h.state_dir),
     );
-    let log = run2.join("backend.stderr");
+    let log = h.dir.join("backend.stderr");
     let rest = &seq[2..];
     wait_until(
         "the predicted chunks on the wire",
