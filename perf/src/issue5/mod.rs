@@ -163,6 +163,39 @@ pub fn header(
     }
 }
 
+/// Where one issue-5 benchmark runs: its work directory (checked, with `space` bytes free),
+/// a fresh `issue5/NAME` run directory with `logs/`, the machine's description and the ext4
+/// sample.
+pub struct Workspace {
+    pub run_dir: PathBuf,
+    pub logs: PathBuf,
+    pub machine: Machine,
+    pub sample: crate::wan_bench::sample::Sample,
+}
+
+impl Workspace {
+    pub fn prepare(c: &CommonArgs, name: &str, size_bytes: u64, space: u64) -> Result<Workspace> {
+        let work = crate::system::prepare_work_dir(&c.dir, space)?;
+        let run_dir = work.join("issue5").join(name);
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let logs = run_dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let machine = Machine::describe(&work);
+        crate::progress(&format!(
+            "work directory {}, logs in {}",
+            work.display(),
+            logs.display()
+        ));
+        let sample = crate::wan_bench::sample::ensure(&work, size_bytes, c.seed)?;
+        Ok(Workspace {
+            run_dir,
+            logs,
+            machine,
+            sample,
+        })
+    }
+}
+
 /// The reproducing command without `--ferry PATH` (a path of this machine; the report
 /// names the binary separately).
 pub fn without_ferry_flag(cmd: &str) -> String {

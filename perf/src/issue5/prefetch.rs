@@ -170,18 +170,12 @@ pub fn run(args: PrefetchArgs) -> Result<PrefetchReport> {
     let repeat = args.repeat.max(1);
     let timeout = Duration::from_secs(args.timeout_secs);
     // The sample, its staging copy while it is made, the recording's copy, one target.
-    let work = system::prepare_work_dir(&c.dir, 4 * size_bytes + 256 * MIB)?;
-    let run_dir = work.join("issue5").join("prefetch");
-    let _ = std::fs::remove_dir_all(&run_dir);
-    let logs = run_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let machine = system::Machine::describe(&work);
-    progress(&format!(
-        "work directory {}, logs in {}",
-        work.display(),
-        logs.display()
-    ));
-    let sample = crate::wan_bench::sample::ensure(&work, size_bytes, c.seed)?;
+    let super::Workspace {
+        run_dir,
+        logs,
+        machine,
+        sample,
+    } = super::Workspace::prepare(c, "prefetch", size_bytes, 4 * size_bytes + 256 * MIB)?;
 
     // 1. Record the workload on a copy of the sample.
     let copy = run_dir.join("recorded-source.img");

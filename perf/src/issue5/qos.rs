@@ -335,18 +335,12 @@ pub fn run(args: QosArgs) -> Result<QosReport> {
     if size_bytes < 64 * MIB || size_bytes & (MIB - 1) != 0 {
         bail!("--size must be a whole number of MiB, at least 64M (the ext4 sample's minimum)");
     }
-    let work = system::prepare_work_dir(&c.dir, 3 * size_bytes + 256 * MIB)?;
-    let run_dir = work.join("issue5").join("qos");
-    let _ = std::fs::remove_dir_all(&run_dir);
-    let logs = run_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let machine = system::Machine::describe(&work);
-    progress(&format!(
-        "work directory {}, logs in {}",
-        work.display(),
-        logs.display()
-    ));
-    let sample = crate::wan_bench::sample::ensure(&work, size_bytes, c.seed)?;
+    let super::Workspace {
+        run_dir,
+        logs,
+        machine,
+        sample,
+    } = super::Workspace::prepare(c, "qos", size_bytes, 3 * size_bytes + 256 * MIB)?;
     let files = Files::in_dir(&run_dir);
 
     let mut cases = Vec::new();
