@@ -129,17 +129,7 @@ fn record_serves_the_source_and_records_every_request() {
         )
     );
     // qemu may add flushes (e.g. on close); reads and writes are exactly the workload's.
-    let rw: Vec<(String, u64, u64)> = events
-        .iter()
-        .filter(|e| e["kind"] != "flush")
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_string(),
-                e["offset"].as_u64().unwrap(),
-                e["len"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rw = requests_of(events);
     let ev = |k: &str, o: u64, l: u64| (k.to_string(), o, l);
     assert_eq!(
         rw,
@@ -253,19 +243,7 @@ fn record_over_tcp_with_a_name_keeps_holes_and_applies_write_zeroes() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["identity"]["volume_size_bytes"], SIZE, "{v}");
     assert!(v["identity"]["fs_uuid"].is_null(), "{v}");
-    let rw: Vec<(String, u64, u64)> = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] != "flush")
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_string(),
-                e["offset"].as_u64().unwrap(),
-                e["len"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rw = requests_of(v["events"].as_array().unwrap());
     let ev = |k: &str, o: u64, l: u64| (k.to_string(), o, l);
     assert_eq!(
         rw,

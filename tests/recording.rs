@@ -61,17 +61,7 @@ fn frontend_records_requests_with_volume_identity() {
     assert_eq!(id["chunk_size_bytes"], 65536, "{v}");
     // qemu may add flushes (e.g. on close); the reads and writes are exactly the workload's.
     let events = v["events"].as_array().unwrap();
-    let rw: Vec<(String, u64, u64)> = events
-        .iter()
-        .filter(|e| e["kind"] != "flush")
-        .map(|e| {
-            (
-                e["kind"].as_str().unwrap().to_string(),
-                e["offset"].as_u64().unwrap(),
-                e["len"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let rw = requests_of(events);
     assert_eq!(
         rw,
         [

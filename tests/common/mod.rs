@@ -1385,3 +1385,19 @@ pub mod nbd {
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
+
+/// The requests of a recording's events (`ferry recording info --json --events`) as
+/// `(kind, offset, len)`, flushes left out (clients may add them, e.g. on close).
+pub fn requests_of(events: &[serde_json::Value]) -> Vec<(String, u64, u64)> {
+    events
+        .iter()
+        .filter(|e| e["kind"] != "flush")
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["offset"].as_u64().unwrap(),
+                e["len"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
