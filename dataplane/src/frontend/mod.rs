@@ -685,11 +685,7 @@ async fn start_core(
             ))
         },
         background_cap: crate::hydrate::cap::BackgroundCap::new(
-            if shared {
-                crate::hydrate::cap::SHARED_TARGET_DELAY
-            } else {
-                crate::hydrate::cap::SEPARATE_TARGET_DELAY
-            },
+            shared,
             geo.chunk_size_bytes,
             cfg.hydrate.batch_chunks * cfg.hydrate.in_flight,
             if shared {

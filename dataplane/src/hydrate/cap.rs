@@ -27,11 +27,11 @@ use crate::notify::Notify;
 /// Queueing delay the window aims under on a shared connection, where every millisecond of
 /// it is added to on-demand replies: small next to a WAN round trip, large enough to ride out
 /// scheduling noise on a busy core.
-pub const SHARED_TARGET_DELAY: Duration = Duration::from_millis(5);
+const SHARED_TARGET_DELAY: Duration = Duration::from_millis(5);
 /// With background on its own connections, its queue delays on-demand replies only where a
 /// read waits for a chunk a background request already carries; a longer queue is allowed
 /// there, for throughput, but not the seconds an unbounded backlog would take on a slow link.
-pub const SEPARATE_TARGET_DELAY: Duration = Duration::from_millis(25);
+const SEPARATE_TARGET_DELAY: Duration = Duration::from_millis(25);
 /// With separate connections, below this base round trip (a LAN, loopback) the window is
 /// not applied: a backlog there lasts milliseconds, and the "queue" the delay rule sees is the
 /// two ends' CPU and disks, which a smaller window would only starve (measured: 20–30% less
@@ -42,6 +42,9 @@ const SEPARATE_WAN_RTT_MIN: Duration = Duration::from_millis(2);
 const BASE_PERIOD: Duration = Duration::from_secs(10);
 
 pub struct BackgroundCap {
+    /// `--qos shared`: on-demand replies share the connection (and the window applies on
+    /// any link); else background has its own connections.
+    shared: bool,
     target: Duration,
     chunk_bytes: u64,
     max_chunks: usize,
@@ -61,14 +64,19 @@ pub struct BackgroundCap {
 
 impl BackgroundCap {
     pub fn new(
-        target: Duration,
+        shared: bool,
         chunk_bytes: u32,
         max_chunks: usize,
         floor_bytes_per_s: u64,
     ) -> BackgroundCap {
         let now = Instant::now();
         let cap = BackgroundCap {
-            target,
+            shared,
+            target: if shared {
+                SHARED_TARGET_DELAY
+            } else {
+                SEPARATE_TARGET_DELAY
+            },
             chunk_bytes: u64::from(chunk_bytes).max(1),
             max_chunks: max_chunks.max(1),
             floor_bytes_per_s,
@@ -107,9 +115,7 @@ impl BackgroundCap {
 
     /// Chunks allowed outstanding now.
     pub fn window(&self) -> usize {
-        if self.target == SEPARATE_TARGET_DELAY
-            && self.base().is_some_and(|b| b < SEPARATE_WAN_RTT_MIN)
-        {
+        if !self.shared && self.base().is_some_and(|b| b < SEPARATE_WAN_RTT_MIN) {
             return self.max_chunks;
         }
         (self.window.get().max(self.floor()) as usize).clamp(1, self.max_chunks)
@@ -220,7 +226,7 @@ mod tests {
 
     #[test]
     fn grows_while_nothing_queues_and_shrinks_when_it_does() {
-        let cap = BackgroundCap::new(SHARED_TARGET_DELAY, 65536, 512, 0);
+        let cap = BackgroundCap::new(true, 65536, 512, 0);
         let start = cap.window();
         settle(&cap, Duration::from_millis(40), 30);
         let grown = cap.window();
@@ -235,14 +241,14 @@ mod tests {
     #[test]
     fn never_below_the_floor_over_the_time_requests_take_now() {
         // Idle link: 1 MiB/s over a 40 ms + 5 ms round trip is 0.72 of a 64 KiB chunk: one.
-        let cap = BackgroundCap::new(SHARED_TARGET_DELAY, 65536, 512, 1 << 20);
+        let cap = BackgroundCap::new(true, 65536, 512, 1 << 20);
         cap.sample(Duration::from_millis(40), false);
         assert_eq!(cap.floor(), 1.0);
         // Under load background replies take 400 ms: the floor grows to 1 MiB/s × 0.4 s
         // = 6.4 chunks → 7, however hard the delay rule pushes the window down.
         settle(&cap, Duration::from_millis(400), 50);
         assert_eq!(cap.window(), 7);
-        let cap = BackgroundCap::new(SHARED_TARGET_DELAY, 65536, 512, 10 << 20);
+        let cap = BackgroundCap::new(true, 65536, 512, 10 << 20);
         cap.sample(Duration::from_millis(40), false);
         settle(&cap, Duration::from_millis(400), 50);
         assert_eq!(cap.window(), 64);
@@ -250,13 +256,13 @@ mod tests {
 
     #[test]
     fn separate_connections_are_capped_only_on_a_wan() {
-        let cap = BackgroundCap::new(SEPARATE_TARGET_DELAY, 65536, 512, 0);
+        let cap = BackgroundCap::new(false, 65536, 512, 0);
         // Loopback: 300 µs first replies, and however much they queue, no window.
         cap.sample(Duration::from_micros(300), false);
         settle(&cap, Duration::from_millis(200), 20);
         assert_eq!(cap.window(), 512);
         // A 40 ms WAN with 200 ms of queueing: the window closes in.
-        let cap = BackgroundCap::new(SEPARATE_TARGET_DELAY, 65536, 512, 0);
+        let cap = BackgroundCap::new(false, 65536, 512, 0);
         cap.sample(Duration::from_millis(40), false);
         settle(&cap, Duration::from_millis(40), 30);
         let open = cap.window();
@@ -266,7 +272,7 @@ mod tests {
 
     #[test]
     fn grants_wait_for_room() {
-        let cap = BackgroundCap::new(SHARED_TARGET_DELAY, 65536, 4, 0);
+        let cap = BackgroundCap::new(true, 65536, 4, 0);
         futures::executor::block_on(async {
             assert_eq!(cap.grant(64).await, 4);
             let mut next = Box::pin(cap.grant(64));
