@@ -221,6 +221,12 @@ fn recording_orders_the_background_and_bad_recordings_are_refused() {
         get_u64(&st, "prefetch_reads") >= get_u64(&st, "prefetch_hits"),
         "{st}"
     );
+    // Late reads are a kind of miss.
+    assert!(
+        get_u64(&st, "prefetch_late")
+            <= get_u64(&st, "prefetch_reads") - get_u64(&st, "prefetch_hits"),
+        "{st}"
+    );
     let human = stdout_of(&run_ok(
         Command::new(FERRY)
             .args(["status", "--state-dir"])
@@ -229,7 +235,8 @@ fn recording_orders_the_background_and_bad_recordings_are_refused() {
     assert!(
         human.lines().any(|l| l.starts_with("prefetch    class ")
             && l.contains("rec.sqlite")
-            && l.contains("hits ")),
+            && l.contains("hits ")
+            && l.contains(" late")),
         "{human}"
     );
 

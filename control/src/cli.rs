@@ -613,10 +613,11 @@ fn print_status(st: &Status) {
             )
         };
         println!(
-            "prefetch    class {}  hits {} of {} reads ({hit_rate})  recording {}",
+            "prefetch    class {}  hits {} of {} reads ({hit_rate}), {} late  recording {}",
             st.prefetch_class,
             st.prefetch_hits,
             st.prefetch_reads,
+            st.prefetch_late,
             st.prefetch_recording.as_deref().unwrap_or("none")
         );
     }

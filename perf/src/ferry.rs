@@ -80,6 +80,8 @@ pub struct Status {
     #[serde(default)]
     pub prefetch_hits: u64,
     #[serde(default)]
+    pub prefetch_late: u64,
+    #[serde(default)]
     pub prefetch_batches: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub fetched_chunks_on_demand: u64,

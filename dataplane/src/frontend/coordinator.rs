@@ -77,6 +77,7 @@ pub async fn status(vol: &Rc<Volume>) -> Status {
     for p in &prefetch {
         st.prefetch_reads += p.reads;
         st.prefetch_hits += p.hits;
+        st.prefetch_late += p.late;
         st.prefetch_recording = st.prefetch_recording.take().or(p.recording.clone());
         for (class, n) in crate::prefetch::Class::ALL.iter().zip(p.batches) {
             *st.prefetch_batches.entry(class.name().into()).or_default() += n;

@@ -74,6 +74,7 @@ impl Shard {
                 continue;
             }
             slot.fetching.set(true);
+            slot.background.set(class == Class::Background);
             slot.superseded.set(false);
             *slot.fetch_error.borrow_mut() = None;
             wanted.push(c);

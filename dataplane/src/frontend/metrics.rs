@@ -185,6 +185,11 @@ fn prefetch(e: &mut Exposition, st: &Status) {
             "Reads served during migration whose chunks were all on the target already.",
             st.prefetch_hits,
         ),
+        (
+            "ferry_frontend_prefetch_late_total",
+            "Reads that missed while a background batch was already carrying their chunks.",
+            st.prefetch_late,
+        ),
     ] {
         e.family(name, Kind::Counter, help)
             .sample(name, &v, n as f64);

@@ -32,6 +32,8 @@ use crate::runtime::{AlignedBuf, File};
 #[derive(Default)]
 pub struct ChunkSlot {
     pub fetching: Cell<bool>,
+    /// The fetch in flight is a background one (a prefetch), not an on-demand read's.
+    pub background: Cell<bool>,
     pub superseded: Cell<bool>,
     pub filling: Cell<bool>,
     pub ops_in_flight: Cell<u32>,
@@ -185,6 +187,13 @@ impl Shard {
             .filter(|&c| self.state(c) == ChunkState::Untouched)
             .collect();
         if !missing.is_empty() {
+            let late = missing.iter().all(|&c| {
+                self.existing_slot(c)
+                    .is_some_and(|s| s.fetching.get() && s.background.get())
+            });
+            if late {
+                self.prefetch.note_late();
+            }
             self.start_fetch(&missing, wire_format::frame::Class::OnDemand, None);
             for c in missing {
                 self.ensure_fetched(c).await?;

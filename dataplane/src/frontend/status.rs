@@ -96,6 +96,10 @@ pub struct Status {
     pub prefetch_reads: u64,
     #[serde(default)]
     pub prefetch_hits: u64,
+    /// Misses (reads - hits) whose chunks a background batch was already carrying: prefetched
+    /// in time to be asked for, not in time to be there.
+    #[serde(default)]
+    pub prefetch_late: u64,
     /// Background batches per class, keyed by class name.
     #[serde(default)]
     pub prefetch_batches: std::collections::BTreeMap<String, u64>,

@@ -27,6 +27,8 @@ pub struct ShardPrefetch {
     matcher: RefCell<Matcher>,
     reads: Cell<u64>,
     hits: Cell<u64>,
+    /// Misses of this shard's chunks that a background batch was already carrying.
+    late: Cell<u64>,
     /// Last chunk of the previous read served on this core: neighbours are queued only for
     /// a read that continues it.
     last_read: Cell<Option<u64>>,
@@ -39,6 +41,7 @@ pub struct PrefetchNumbers {
     pub finished: bool,
     pub reads: u64,
     pub hits: u64,
+    pub late: u64,
     pub batches: [u64; 5],
     pub recording: Option<String>,
 }
@@ -56,6 +59,7 @@ impl ShardPrefetch {
             matcher: RefCell::new(Matcher::default()),
             reads: Cell::new(0),
             hits: Cell::new(0),
+            late: Cell::new(0),
             last_read: Cell::new(None),
         }
     }
@@ -112,6 +116,15 @@ impl ShardPrefetch {
         self.queues.borrow_mut().restart();
     }
 
+    /// A read of this shard's chunks missed, but every missing chunk was already on its way
+    /// in a background batch: the prefetch chose right and was late (the read waits for that
+    /// batch, not a round trip of its own).
+    pub fn note_late(&self) {
+        if self.plan.shards_hydrating.load(Ordering::Relaxed) > 0 {
+            self.late.set(self.late.get() + 1);
+        }
+    }
+
     /// Queues chunks of this shard in a dynamic class.
     pub fn push(&self, class: Class, chunks: Vec<u64>) {
         self.queues.borrow_mut().push(class, chunks);
@@ -123,6 +136,7 @@ impl ShardPrefetch {
             finished: self.finished.get(),
             reads: self.reads.get(),
             hits: self.hits.get(),
+            late: self.late.get(),
             batches: std::array::from_fn(|i| self.batches[i].get()),
             recording: self
                 .plan

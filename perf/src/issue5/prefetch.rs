@@ -53,6 +53,8 @@ pub struct Replay {
     pub frontend_start_up_s: f64,
     pub prefetch_reads: u64,
     pub prefetch_hits: u64,
+    /// Misses whose chunks a background batch was already carrying.
+    pub prefetch_late: u64,
     pub prefetch_class_at_end: String,
     pub prefetch_batches: std::collections::BTreeMap<String, u64>,
     pub fetched_bytes_on_demand: u64,
@@ -279,6 +281,7 @@ pub fn run(args: PrefetchArgs) -> Result<PrefetchReport> {
                 frontend_start_up_s: rig.start_up.as_secs_f64(),
                 prefetch_reads: st.prefetch_reads,
                 prefetch_hits: st.prefetch_hits,
+                prefetch_late: st.prefetch_late,
                 prefetch_class_at_end: st.prefetch_class.clone(),
                 prefetch_batches: st.prefetch_batches.clone(),
                 fetched_bytes_on_demand: st.fetched_bytes_on_demand,
@@ -377,13 +380,16 @@ impl PrefetchReport {
         );
         let _ = writeln!(
             o,
-            "* Hit rate: `prefetch_hits / prefetch_reads` of `ferry status --json` at the end of the workload (reads served during migration whose chunks were all on the target already)\n"
+            "* Hit rate: `prefetch_hits / prefetch_reads` of `ferry status --json` at the end of the workload (reads served during migration whose chunks were all on the target already); late: misses whose chunks a background batch was already carrying (`prefetch_late`)\n"
         );
         let _ = writeln!(
             o,
-            "| run | time s | of which find s | hit rate | hits / reads | on-demand fetches (MiB) | on-demand fetch p50 / p99 / max ms | background fetch p50 / p99 / max ms | background MiB | chunks untouched at the end | prefetch batches by class |"
+            "| run | time s | of which find s | hit rate | hits / reads | late | on-demand fetches (MiB) | on-demand fetch p50 / p99 / max ms | background fetch p50 / p99 / max ms | background MiB | chunks untouched at the end | prefetch batches by class |"
         );
-        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            o,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
         for r in &self.replays {
             let batches = r
                 .prefetch_batches
@@ -393,7 +399,7 @@ impl PrefetchReport {
                 .join(", ");
             let _ = writeln!(
                 o,
-                "| {} (round {}) | {:.1} | {:.1} | {} | {} / {} | {} ({}) | {} | {} | {} | {} of {} | {} |",
+                "| {} (round {}) | {:.1} | {:.1} | {} | {} / {} | {} | {} ({}) | {} | {} | {} | {} of {} | {} |",
                 if r.prefetch {
                     "with `--prefetch`"
                 } else {
@@ -405,6 +411,7 @@ impl PrefetchReport {
                 pct(r.hit_rate()),
                 r.prefetch_hits,
                 r.prefetch_reads,
+                r.prefetch_late,
                 r.fetched_chunks_on_demand,
                 mib(r.fetched_bytes_on_demand as f64),
                 lat(r.fetch_latency_us.as_ref().map(|l| &l.on_demand)),
@@ -452,6 +459,7 @@ mod tests {
             frontend_start_up_s: 0.0,
             prefetch_reads: reads,
             prefetch_hits: hits,
+            prefetch_late: 0,
             prefetch_class_at_end: String::new(),
             prefetch_batches: Default::default(),
             fetched_bytes_on_demand: 0,
