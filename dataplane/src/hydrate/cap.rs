@@ -16,9 +16,9 @@
 //! chunk, at most once per round trip); above it shrinks. Until queueing first reaches half
 //! the target it doubles per round trip instead, like TCP's slow start: a fresh migration's
 //! first second is when the workload boots and reads most, and growing by an eighth from a
-//! few chunks would leave a 100 Mbit/s, 40 ms link half idle for most of it (measured). On-demand replies overtaking
-//! background show up as background queueing too, so the window gives way to on-demand load
-//! by itself. In the shared mode it never drops below the floor: `floor bytes/s × the time a
+//! few chunks would leave a 100 Mbit/s, 40 ms link half idle for most of it (measured).
+//! On-demand replies overtaking background show up as background queueing too, so the
+//! window gives way to on-demand load by itself. In the shared mode it never drops below the floor: `floor bytes/s × the time a
 //! background request takes now`, so background keeps moving at the configured rate whatever
 //! the on-demand load.
 
