@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::child::{run_capture, Proc};
 
@@ -29,88 +29,8 @@ pub struct Tuning {
     pub background_in_flight: Option<usize>,
 }
 
-/// The fields of `ferry status --json` the benchmark reads.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Status {
-    pub state: String,
-    pub chunks_total: u64,
-    pub chunks_untouched: u64,
-    #[serde(default)]
-    pub chunks_present: u64,
-    #[serde(default)]
-    pub chunks_zero: u64,
-    #[serde(default)]
-    pub fetched_bytes_background: u64,
-    #[serde(default)]
-    pub fetched_bytes_on_demand: u64,
-    #[serde(default)]
-    pub volume_size_bytes: u64,
-    /// Chunk payload bytes that crossed the wire (compressed size; 32 per dedup reference).
-    #[serde(default)]
-    pub wire_bytes: u64,
-    #[serde(default)]
-    pub zstd_chunks: u64,
-    /// Decompressed size of the zstd chunks.
-    #[serde(default)]
-    pub zstd_raw_bytes: u64,
-    #[serde(default)]
-    pub deduped_chunks: u64,
-    #[serde(default)]
-    pub deduped_bytes: u64,
-    #[serde(default)]
-    pub ref_misses: u64,
-    /// `separate` or `shared` (`--qos`).
-    #[serde(default)]
-    pub qos: String,
-    /// Shared mode: the adaptive background cap and the queueing delay it steers by.
-    #[serde(default)]
-    pub background_window_chunks: u64,
-    #[serde(default)]
-    pub queue_delay_us: u64,
-    #[serde(default)]
-    pub base_rtt_us: u64,
-    /// Prefetch: the class of the background's last batch, the recording followed, and
-    /// reads served during migration / those whose chunks were already on the target.
-    #[serde(default)]
-    pub prefetch_class: String,
-    #[serde(default)]
-    pub prefetch_recording: Option<String>,
-    #[serde(default)]
-    pub prefetch_reads: u64,
-    #[serde(default)]
-    pub prefetch_hits: u64,
-    #[serde(default)]
-    pub prefetch_late: u64,
-    #[serde(default)]
-    pub prefetch_batches: std::collections::BTreeMap<String, u64>,
-    #[serde(default)]
-    pub fetched_chunks_on_demand: u64,
-    /// Fetch request latency (asked → every chunk filled) per class, in µs.
-    #[serde(default)]
-    pub fetch_latency_us: Option<FetchLatencies>,
-}
-
-/// `fetch_latency_us` of `ferry status --json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FetchLatencies {
-    #[serde(default)]
-    pub on_demand: FetchLatency,
-    #[serde(default)]
-    pub background: FetchLatency,
-}
-
-/// One class's fetch latency percentiles, in µs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FetchLatency {
-    #[serde(default)]
-    pub count: u64,
-    #[serde(default)]
-    pub p50: u64,
-    #[serde(default)]
-    pub p99: u64,
-    #[serde(default)]
-    pub max: u64,
-}
+/// `ferry status --json` is the dataplane's own `Status`, read back with the same type.
+pub use dataplane::frontend::status::{FetchLatencies, LatencySummary as FetchLatency, Status};
 
 /// Where the `ferry` binary is: `--ferry`, else next to this benchmark when it is a
 /// release build (that covers `CARGO_TARGET_DIR`), else `target/release/ferry` in the
