@@ -64,6 +64,11 @@ pub const CAP_ZSTD: u64 = 1 << 0;
 /// Capability bit: the frontend announces content it holds (`Have`) and the backend may
 /// answer a fetch with a digest instead of the data (`ChunkRef`).
 pub const CAP_REFS: u64 = 1 << 1;
+/// Capability bit: the backend may send a chunk's data with the SHA-256 of its content
+/// (`ChunkDataDigest`) when it computed it anyway (for `ChunkRef`), so the frontend need not
+/// hash the chunk again to index it. The digest is a hint like any dedup location: content is
+/// used through it only after it hashes to the digest again.
+pub const CAP_DIGESTS: u64 = 1 << 2;
 /// Bit 7 of a `Fetch`'s class byte: answer with data, never with a `ChunkRef` (the frontend
 /// could not use a reference it was given for these chunks).
 const FETCH_NO_REFS: u8 = 0x80;
@@ -81,6 +86,8 @@ const CRC_COVERED_LEN: usize = 20;
 const BULK_PREFIX_LEN: usize = 12;
 /// `handle u32, chunk u64, raw_len u32, raw_crc u32` in front of compressed data.
 const ZSTD_PREFIX_LEN: usize = 20;
+/// `handle u32, chunk u64, digest [u8; 32]` in front of digested data.
+const DIGEST_PREFIX_LEN: usize = 12 + DIGEST_LEN;
 
 /// Errors from decoding or encoding Ferry frames.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -175,11 +182,13 @@ pub enum Kind {
     ChunkRef,
     /// 0x12, frontend → backend: how to share this connection between the classes.
     Qos,
+    /// 0x13, a chunk's data with the SHA-256 of its content (only with [`CAP_DIGESTS`]).
+    ChunkDataDigest,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Open,
@@ -198,6 +207,7 @@ impl Kind {
         Kind::Have,
         Kind::ChunkRef,
         Kind::Qos,
+        Kind::ChunkDataDigest,
     ];
 
     /// The stable wire code.
@@ -221,6 +231,7 @@ impl Kind {
             Kind::Have => 0x10,
             Kind::ChunkRef => 0x11,
             Kind::Qos => 0x12,
+            Kind::ChunkDataDigest => 0x13,
         }
     }
 
@@ -245,6 +256,7 @@ impl Kind {
             0x10 => Kind::Have,
             0x11 => Kind::ChunkRef,
             0x12 => Kind::Qos,
+            0x13 => Kind::ChunkDataDigest,
             _ => return None,
         })
     }
@@ -585,6 +597,18 @@ pub enum Frame<'a> {
         /// Background bytes/s the backend keeps sending under on-demand load.
         background_floor_bytes_per_s: u64,
     },
+    /// `handle u32, chunk u64, digest [u8; 32], data` (rest of the payload, 1..=1 MiB
+    /// bytes): `ChunkData` with the SHA-256 the backend computed of `data`.
+    ChunkDataDigest {
+        /// Volume handle.
+        handle: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// SHA-256 of `data`, as the backend computed it (a hint: see [`CAP_DIGESTS`]).
+        digest: [u8; DIGEST_LEN],
+        /// Chunk contents (the last chunk of a volume may be short).
+        data: &'a [u8],
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -609,6 +633,7 @@ impl<'a> Frame<'a> {
             Frame::Have { .. } => Kind::Have,
             Frame::ChunkRef { .. } => Kind::ChunkRef,
             Frame::Qos { .. } => Kind::Qos,
+            Frame::ChunkDataDigest { .. } => Kind::ChunkDataDigest,
         }
     }
 
@@ -650,6 +675,16 @@ impl<'a> Frame<'a> {
                 data,
             } => {
                 encode_chunk_data_prefix(id, handle, chunk, data, out)?;
+                out.extend_from_slice(data);
+                return Ok(());
+            }
+            Frame::ChunkDataDigest {
+                handle,
+                chunk,
+                ref digest,
+                data,
+            } => {
+                encode_chunk_data_digest_prefix(id, handle, chunk, digest, data, out)?;
                 out.extend_from_slice(data);
                 return Ok(());
             }
@@ -837,7 +872,10 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&chunk.to_be_bytes());
                 out.extend_from_slice(digest);
             }
-            Frame::ChunkData { .. } | Frame::WriteBack { .. } | Frame::ChunkZstd { .. } => {
+            Frame::ChunkData { .. }
+            | Frame::ChunkDataDigest { .. }
+            | Frame::WriteBack { .. }
+            | Frame::ChunkZstd { .. } => {
                 // Handled by the prefix encoders in `encode`; kept here for exhaustiveness.
                 return Err(WireError::Invalid {
                     what: "bulk frame routed to the fixed-payload encoder",
@@ -858,6 +896,25 @@ pub fn encode_chunk_data_prefix(
     out: &mut Vec<u8>,
 ) -> Result<(), WireError> {
     encode_bulk_prefix(Kind::ChunkData, id, handle, chunk, data, out)
+}
+
+/// Writes header + fixed fields of a `ChunkDataDigest` frame into `out`, with the crc already
+/// covering `data`; the caller then sends `out` followed by `data` (no copy of the data).
+pub fn encode_chunk_data_digest_prefix(
+    id: u64,
+    handle: u32,
+    chunk: u64,
+    digest: &[u8; DIGEST_LEN],
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    check_data(data)?;
+    let mut fixed = [0u8; DIGEST_PREFIX_LEN];
+    fixed[..4].copy_from_slice(&handle.to_be_bytes());
+    fixed[4..12].copy_from_slice(&chunk.to_be_bytes());
+    fixed[12..].copy_from_slice(digest);
+    write_prefix(Kind::ChunkDataDigest, id, &fixed, data, out);
+    Ok(())
 }
 
 /// Writes header + fixed fields of a `WriteBack` frame into `out`, with the crc already
@@ -916,10 +973,10 @@ fn encode_bulk_prefix(
 }
 
 /// Header (crc over `fixed` and `data`) and `fixed` into `out`; the caller sends `data` after.
-/// `data.len() <= MAX_DATA_LEN` must have been checked: with at most 20 fixed bytes the payload
+/// `data.len() <= MAX_DATA_LEN` must have been checked: with at most 44 fixed bytes the payload
 /// then fits MAX_PAYLOAD.
 fn write_prefix(kind: Kind, id: u64, fixed: &[u8], data: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(data.len() <= MAX_DATA_LEN && fixed.len() <= ZSTD_PREFIX_LEN);
+    debug_assert!(data.len() <= MAX_DATA_LEN && fixed.len() <= DIGEST_PREFIX_LEN);
     let payload_len = (fixed.len() + data.len()) as u32;
     let mut crc = crc32c::crc32c(&covered_prefix(kind, id, payload_len));
     crc = crc32c::crc32c_append(crc, fixed);
@@ -1049,6 +1106,23 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             Frame::ChunkData {
                 handle,
                 chunk,
+                data,
+            }
+        }
+        Kind::ChunkDataDigest => {
+            let handle = get_u32(&mut r, "handle")?;
+            let chunk = get_u64(&mut r, "chunk")?;
+            let bytes = r.bytes(DIGEST_LEN).ok_or(WireError::Truncated {
+                what: "chunk-data digest",
+            })?;
+            let mut digest = [0u8; DIGEST_LEN];
+            digest.copy_from_slice(bytes);
+            let data = r.rest();
+            check_data(data)?;
+            Frame::ChunkDataDigest {
+                handle,
+                chunk,
+                digest,
                 data,
             }
         }
@@ -1272,7 +1346,7 @@ mod tests {
             assert_eq!(Kind::from_code(k.code()), Some(*k));
         }
         assert_eq!(Kind::from_code(0), None);
-        assert_eq!(Kind::from_code(0x13), None);
+        assert_eq!(Kind::from_code(0x14), None);
         assert_eq!(Class::from_code(0), None);
         assert_eq!(Class::from_code(3), None);
         for c in 0..=20u16 {

@@ -89,6 +89,14 @@ fn frame(max_data: usize) -> impl Strategy<Value = Frame<'static>> {
                 raw_crc,
                 data,
             }),
+        (any::<u32>(), any::<u64>(), any::<[u8; 32]>(), data()).prop_map(
+            |(handle, chunk, digest, data)| Frame::ChunkDataDigest {
+                handle,
+                chunk,
+                digest,
+                data,
+            }
+        ),
         (any::<u32>(), proptest::collection::vec(any::<u8>(), 1..8)).prop_map(|(handle, seeds)| {
             Frame::Have {
                 handle,
@@ -413,6 +421,18 @@ fn encoder_refuses_out_of_bounds() {
             chunk: 0,
             data: &[],
         },
+        Frame::ChunkDataDigest {
+            handle: 0,
+            chunk: 0,
+            digest: [0; 32],
+            data: &[],
+        },
+        Frame::ChunkDataDigest {
+            handle: 0,
+            chunk: 0,
+            digest: [0; 32],
+            data: &big,
+        },
         Frame::ChunkData {
             handle: 0,
             chunk: 0,
@@ -519,8 +539,8 @@ fn header_field_checks() {
     b[7] = 1;
     assert_eq!(hdr(&b), Err(WireError::BadFlags(1)));
     let mut b = good.clone();
-    b[5] = 0x13;
-    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x13)));
+    b[5] = 0x14;
+    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x14)));
     let mut b = good.clone();
     b[16..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
     // Refused from the header alone: the caller never buffers the announced length.

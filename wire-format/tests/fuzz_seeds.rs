@@ -135,6 +135,15 @@ fn frame_seeds() -> Seeds {
                 digest: [0x5A; 32],
             },
         ),
+        (
+            "chunk_data_digest",
+            Frame::ChunkDataDigest {
+                handle: 1,
+                chunk: 5,
+                digest: [0xA5; 32],
+                data: &data,
+            },
+        ),
         ("sync", Frame::Sync { handle: 1 }),
         (
             "qos",

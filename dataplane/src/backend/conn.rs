@@ -50,6 +50,8 @@ struct Conn {
     bytes_sent: Cell<u64>,
     /// Chosen at Hello from the capabilities both sides have.
     encoder: RefCell<Encoder>,
+    /// The frontend takes our digests with the data (`CAP_DIGESTS`) and need not hash.
+    send_digests: Cell<bool>,
     metrics: Arc<BackendMetrics>,
 }
 
@@ -78,6 +80,7 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
         zero_chunks_sent: Cell::new(0),
         bytes_sent: Cell::new(0),
         encoder: RefCell::new(Encoder::new(false, false)),
+        send_digests: Cell::new(false),
         metrics: metrics.clone(),
     });
     let mut reader = FrameReader::new(stream.clone());
@@ -152,6 +155,7 @@ impl Conn {
                     let caps = capabilities & crate::link::CAPABILITIES;
                     *self.encoder.borrow_mut() =
                         Encoder::new(caps & frame::CAP_ZSTD != 0, caps & frame::CAP_REFS != 0);
+                    self.send_digests.set(caps & frame::CAP_DIGESTS != 0);
                     self.send_frame(
                         id,
                         &Frame::HelloAck {
@@ -544,15 +548,25 @@ impl Conn {
                         let raw = &buf[start..end];
                         let logical = raw.len() as u64;
                         match encoder.encode(raw, allow_refs, allow_zstd) {
-                            Encoded::Raw => {
+                            Encoded::Raw(digest) => {
                                 self.metrics.chunk(class, Form::Raw, logical, logical);
-                                frame::encode_chunk_data_prefix(
-                                    id,
-                                    handle,
-                                    chunk + k,
-                                    raw,
-                                    &mut head,
-                                )?;
+                                match digest.filter(|_| self.send_digests.get()) {
+                                    Some(d) => frame::encode_chunk_data_digest_prefix(
+                                        id,
+                                        handle,
+                                        chunk + k,
+                                        &d,
+                                        raw,
+                                        &mut head,
+                                    )?,
+                                    None => frame::encode_chunk_data_prefix(
+                                        id,
+                                        handle,
+                                        chunk + k,
+                                        raw,
+                                        &mut head,
+                                    )?,
+                                }
                                 parts.push((false, h0..head.len()));
                                 parts.push((true, start..end));
                                 data_bytes += (end - start) as u64;

@@ -61,8 +61,8 @@ const BUSY_LOW: f64 = 0.4;
 
 /// One chunk's wire form.
 pub enum Encoded<'a> {
-    /// Send as is.
-    Raw,
+    /// Send as is; with the content's SHA-256 when it was computed (refs enabled).
+    Raw(Option<[u8; DIGEST_LEN]>),
     /// Send `data` (a zstd frame) with the crc of the raw content.
     Zstd { data: &'a [u8], raw_crc: u32 },
     /// Send only the digest.
@@ -199,8 +199,10 @@ impl Encoder {
     /// the bottleneck itself (its receive buffer is full), so compression cannot help.
     pub fn encode(&mut self, raw: &[u8], allow_ref: bool, allow_zstd: bool) -> Encoded<'_> {
         self.stats.logical_bytes += raw.len() as u64;
+        let mut digest = None;
         if let Some(set) = self.refs.as_mut() {
             let d = crate::dedup::digest(raw);
+            digest = Some(d);
             if allow_ref && set.contains(&d) {
                 self.stats.ref_chunks += 1;
                 self.stats.wire_bytes += DIGEST_LEN as u64;
@@ -213,7 +215,7 @@ impl Encoder {
         let Some(z) = self.zstd.as_mut().filter(|_| allow_zstd) else {
             self.stats.raw_chunks += 1;
             self.stats.wire_bytes += raw.len() as u64;
-            return Encoded::Raw;
+            return Encoded::Raw(digest);
         };
         z.window.raw_bytes += raw.len() as u64;
         match z.compress(raw) {
@@ -228,7 +230,7 @@ impl Encoder {
             None => {
                 self.stats.raw_chunks += 1;
                 self.stats.wire_bytes += raw.len() as u64;
-                Encoded::Raw
+                Encoded::Raw(digest)
             }
         }
     }
@@ -415,7 +417,7 @@ mod tests {
         assert!(e.level() >= 1);
         drive(&mut e, &raw, 4, 0.01);
         assert_eq!(e.level(), 0);
-        assert!(matches!(e.encode(&raw, false, true), Encoded::Raw));
+        assert!(matches!(e.encode(&raw, false, true), Encoded::Raw(None)));
     }
 
     #[test]
@@ -427,7 +429,7 @@ mod tests {
         rand::thread_rng().fill_bytes(&mut raw);
         let t = Instant::now();
         for _ in 0..1000 {
-            assert!(matches!(e.encode(&raw, false, true), Encoded::Raw));
+            assert!(matches!(e.encode(&raw, false, true), Encoded::Raw(None)));
         }
         // Back-off: far fewer than 1000 compression attempts were made.
         assert!(e.zstd.as_ref().unwrap().backoff > BACKOFF_MIN);
@@ -451,8 +453,10 @@ mod tests {
         b[0] = b'X';
         e.learn(&crate::dedup::digest(&a));
         assert!(matches!(e.encode(&a, true, true), Encoded::Ref(_)));
-        assert!(matches!(e.encode(&a, false, true), Encoded::Raw));
-        assert!(matches!(e.encode(&b, true, true), Encoded::Raw));
+        assert!(
+            matches!(e.encode(&a, false, true), Encoded::Raw(Some(d)) if d == crate::dedup::digest(&a))
+        );
+        assert!(matches!(e.encode(&b, true, true), Encoded::Raw(Some(_))));
         assert!(
             matches!(e.encode(&b, true, true), Encoded::Ref(d) if d == crate::dedup::digest(&b))
         );

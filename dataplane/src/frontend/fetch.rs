@@ -17,6 +17,7 @@ use wire_format::state::ChunkState;
 
 use super::error::VolError;
 use super::shard::Shard;
+use crate::dedup::Digest;
 use crate::link::client::Reply;
 use crate::runtime::{self, AlignedBuf};
 
@@ -26,10 +27,12 @@ pub const FETCH_ATTEMPTS_MAX: u32 = 4;
 pub const FETCH_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Fill {
-    Data(AlignedBuf),
+    /// With the content's SHA-256 when it is already known (sent by the backend, or checked
+    /// while resolving a reference), so indexing it needs no hashing here.
+    Data(AlignedBuf, Option<Digest>),
     Zero,
     /// Content this machine holds, named by digest (dedup).
-    Ref([u8; wire_format::frame::DIGEST_LEN]),
+    Ref(Digest),
 }
 
 impl Shard {
@@ -150,7 +153,7 @@ impl Shard {
                     }
                 };
                 let (chunk, fill) = match reply {
-                    Reply::Data { chunk, buf } => (chunk, Fill::Data(buf)),
+                    Reply::Data { chunk, buf, digest } => (chunk, Fill::Data(buf, digest)),
                     Reply::Zero { chunk } => (chunk, Fill::Zero),
                     Reply::Ref { chunk, digest } if self.dedup.is_some() => {
                         (chunk, Fill::Ref(digest))
@@ -194,7 +197,7 @@ impl Shard {
                     Some(format!(
                         "backend sent chunk {chunk}, which was not asked for"
                     ))
-                } else if let Fill::Data(b) = &fill {
+                } else if let Fill::Data(b, _) = &fill {
                     (b.len() != expected_len).then(|| {
                         format!("chunk {chunk}: {} bytes, expected {expected_len}", b.len())
                     })
@@ -203,7 +206,7 @@ impl Shard {
                 };
                 if let Some(reason) = bad {
                     tracing::warn!(%reason, "bad reply from backend; closing the link and refetching");
-                    if let Fill::Data(b) = fill {
+                    if let Fill::Data(b, _) = fill {
                         self.bufs.give(b);
                     }
                     last_error = reason;
@@ -308,7 +311,7 @@ impl Shard {
                 self.stats
                     .deduped_bytes
                     .set(self.stats.deduped_bytes.get() + u64::from(len));
-                return Ok(Fill::Data(buf));
+                return Ok(Fill::Data(buf, Some(digest)));
             }
         }
         self.stats.ref_misses.set(self.stats.ref_misses.get() + 1);
@@ -343,10 +346,12 @@ impl Shard {
                 }
             };
             match runtime::timeout(FETCH_REPLY_TIMEOUT, replies.next()).await {
-                Ok(Some(Reply::Data { chunk: c, buf }))
-                    if c == chunk && buf.len() == self.geo.chunk_len(chunk) as usize =>
-                {
-                    return Ok(Fill::Data(buf))
+                Ok(Some(Reply::Data {
+                    chunk: c,
+                    buf,
+                    digest,
+                })) if c == chunk && buf.len() == self.geo.chunk_len(chunk) as usize => {
+                    return Ok(Fill::Data(buf, digest))
                 }
                 Ok(Some(Reply::Zero { chunk: c })) if c == chunk => return Ok(Fill::Zero),
                 Ok(Some(Reply::ChunkError { code, message, .. })) => {
@@ -389,12 +394,12 @@ impl Shard {
         let len = u64::from(self.geo.chunk_len(chunk));
         let mut error = None;
         match fill {
-            Fill::Data(buf) if stale => self.bufs.give(buf),
+            Fill::Data(buf, _) if stale => self.bufs.give(buf),
             Fill::Zero if stale => {}
             Fill::Ref(_) => error = Some("unresolved reference".to_string()),
-            Fill::Data(buf) => {
+            Fill::Data(buf, known) => {
                 let digest = self.dedup.as_ref().map(|d| {
-                    let digest = crate::dedup::digest(&buf);
+                    let digest = known.unwrap_or_else(|| crate::dedup::digest(&buf));
                     d.begin(digest);
                     digest
                 });

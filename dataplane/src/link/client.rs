@@ -25,6 +25,9 @@ pub enum Reply {
     Data {
         chunk: u64,
         buf: AlignedBuf,
+        /// The SHA-256 the backend sent with the data (`CAP_DIGESTS`): a hint for the dedup
+        /// index, never a check of the data (the frame's crc32c is that).
+        digest: Option<[u8; DIGEST_LEN]>,
     },
     Zero {
         chunk: u64,
@@ -252,6 +255,22 @@ impl BackendLink {
             let Some((id, frame)) = reader.next().await? else {
                 return Err(LinkError::Closed);
             };
+            let (frame, digest) = match frame {
+                Frame::ChunkDataDigest {
+                    handle,
+                    chunk,
+                    digest,
+                    data,
+                } => (
+                    Frame::ChunkData {
+                        handle,
+                        chunk,
+                        data,
+                    },
+                    Some(digest),
+                ),
+                f => (f, None),
+            };
             let reply = match frame {
                 Frame::ChunkData {
                     handle,
@@ -270,7 +289,7 @@ impl BackendLink {
                     buf.set_len(data.len());
                     buf.copy_from_slice(data);
                     LinkCounters::add(&counters.wire_bytes, data.len() as u64);
-                    Reply::Data { chunk, buf }
+                    Reply::Data { chunk, buf, digest }
                 }
                 Frame::ChunkZstd {
                     handle,
@@ -307,7 +326,11 @@ impl BackendLink {
                     LinkCounters::add(&counters.zstd_chunks, 1);
                     LinkCounters::add(&counters.zstd_raw_bytes, raw_len as u64);
                     LinkCounters::add(&counters.zstd_wire_bytes, data.len() as u64);
-                    Reply::Data { chunk, buf }
+                    Reply::Data {
+                        chunk,
+                        buf,
+                        digest: None,
+                    }
                 }
                 Frame::ChunkRef {
                     handle,
