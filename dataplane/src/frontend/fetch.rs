@@ -403,21 +403,38 @@ impl Shard {
                     d.begin(digest);
                     digest
                 });
-                slot.filling.set(true);
-                let (res, buf) = self.target.write_all_at(buf, offset).await;
-                slot.filling.set(false);
-                self.bufs.give(buf);
+                // Background writes in flight are bounded (the device queue stays short for
+                // on-demand fills, which never wait). Taken after `begin`, so a reference to
+                // this content waits for this write instead of missing, and never while
+                // resolving, so a fill waiting here never holds what another fill needs.
+                let _permit = match class {
+                    Class::Background => Some(self.fill_permits.acquire_arc().await),
+                    Class::OnDemand => None,
+                };
+                // The workload may have written this chunk while we waited for room.
+                let res = if slot.superseded.get() || self.state(chunk) != ChunkState::Untouched {
+                    self.bufs.give(buf);
+                    None
+                } else {
+                    slot.filling.set(true);
+                    let (res, buf) = self.target.write_all_at(buf, offset).await;
+                    slot.filling.set(false);
+                    self.bufs.give(buf);
+                    Some(res)
+                };
                 if let (Some(d), Some(digest)) = (&self.dedup, digest) {
-                    d.end(digest, res.is_ok().then_some((offset, len as u32)));
+                    let stored = matches!(res, Some(Ok(()))).then_some((offset, len as u32));
+                    d.end(digest, stored);
                 }
                 match res {
-                    Ok(()) => {
+                    None => {}
+                    Some(Ok(())) => {
                         self.map.borrow_mut().set_live(chunk, ChunkState::Present);
                         self.resident.set(chunk);
                         self.sync.push(chunk, ChunkState::Present);
                         self.count_fetch(class, len);
                     }
-                    Err(e) => error = Some(VolError::target("write", offset, &e).to_string()),
+                    Some(Err(e)) => error = Some(VolError::target("write", offset, &e).to_string()),
                 }
             }
             Fill::Zero => {
