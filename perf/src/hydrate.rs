@@ -8,6 +8,11 @@
 //! fio writing a new target-like file sequentially with O_DIRECT (what the frontend must
 //! do); Ferry cannot be faster than the slower of the two on one disk, so the goal is a
 //! fraction of it. The page cache is dropped before each of the three runs.
+//!
+//! (a2) repeats the measurement with the source copied onto a second device, a zram RAM
+//! disk ([`crate::zram`]), so the source read no longer competes with the target writes:
+//! fio reads the device ([`fio_read_device_job`]), the backend serves it, and the target
+//! is still a new file on the disk.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -45,6 +50,23 @@ pub fn fio_read_job(source: &Path) -> FioJob {
             "--ioengine=io_uring",
             "--iodepth=16",
             &format!("--filename={}", source.display()),
+        ],
+    )
+}
+
+/// [`fio_read_job`] of a block device holding the source (a2): the same job, bounded
+/// to the volume size.
+pub fn fio_read_device_job(device: &Path, size_bytes: u64) -> FioJob {
+    FioJob::new(
+        "seq-read-second-device",
+        &[
+            "--rw=read",
+            "--bs=1M",
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--iodepth=16",
+            &format!("--size={size_bytes}"),
+            &format!("--filename={}", device.display()),
         ],
     )
 }

@@ -2,7 +2,9 @@
 //!
 //! (a) hydration throughput of `ferry backend` + `ferry frontend` on loopback against
 //! fio's sequential O_DIRECT read of the source and write of a target-like file;
-//! (b) serving the fully migrated volume against qemu-nbd serving the same file, with
+//! (a2) the same with the source copied onto a second device (a zram RAM disk made for the
+//! run, [`zram`]), so that the source read and the target writes do not share the disk;
+//! (b) serving the last fully migrated volume against qemu-nbd serving the same file, with
 //! fio's nbd engine, latency percentiles from every IO; (c) peak RSS of each server.
 //! `ferry-perf wan` is a separate mode: a realistic volume migrated over an emulated WAN
 //! link, against nbdcopy and `qemu-img convert` ([`wan_bench`]).
@@ -26,6 +28,7 @@ mod serve;
 mod source;
 mod system;
 mod wan_bench;
+mod zram;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,7 +41,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::ferry::{Ferry, Tuning};
 use crate::fio::shell_quote;
 use crate::report::{
-    FerryInfo, Hydration, Median, Memory, Ratios, Report, ServerResult, Serving, ServingJob,
+    FerryInfo, Hydration, Median, Memory, Ratios, Report, SecondDevice, ServerResult, Serving,
+    ServingJob,
 };
 
 const MIB: u64 = 1 << 20;
@@ -95,6 +99,10 @@ struct Cli {
     /// Keep the volume, target and fio files in --dir (logs are always kept).
     #[arg(long)]
     keep: bool,
+    /// Skip (a2), hydration with the source copied onto a zram RAM disk made for the run
+    /// (needs root, the zram module and RAM for a copy of the volume).
+    #[arg(long)]
+    no_second_device: bool,
     #[command(flatten)]
     tuning: TuningArgs,
 }
@@ -298,12 +306,49 @@ fn run(cli: Cli) -> Result<Report> {
     if reused {
         progress("reusing the identical source left by a previous --keep run");
     }
+    // (a2)'s second device, made once for all rounds. Declared before `live` so it is
+    // removed only after the servers that hold it open have stopped.
+    let zram = if cli.no_second_device {
+        Err("--no-second-device was given".to_string())
+    } else {
+        progress(&format!(
+            "(a2) copying the source onto a new zram device ({} MiB of RAM)",
+            size_bytes / MIB
+        ));
+        match zram::Zram::with_copy_of(&source, size_bytes) {
+            Ok(z) => {
+                progress(&format!("  {}", z.path.display()));
+                Ok(z)
+            }
+            Err(e) => {
+                let why = format!("no second device for (a2), so it is skipped: {e:#}");
+                warn(&why);
+                Err(format!("{e:#}"))
+            }
+        }
+    };
+    let (zram, second_device_skipped) = match zram {
+        Ok(z) => (Some(z), None),
+        Err(why) => (None, Some(why)),
+    };
+    let logs_second = logs.join("second-device");
+    if zram.is_some() {
+        std::fs::create_dir_all(&logs_second)?;
+    }
     let page_cache_dropped = system::drop_caches();
 
     // (a) hydration, with its fio peers, round by round.
     let mut hyd = Hydration {
         fio_read_command: hydrate::fio_read_job(&source).command_line(),
         fio_write_command: hydrate::fio_write_job(&scratch, size_bytes).command_line(),
+        second_device: zram.as_ref().map(|z| SecondDevice {
+            device: z.path.display().to_string(),
+            how: z.how.clone(),
+            fio_read_command: hydrate::fio_read_device_job(&z.path, size_bytes).command_line(),
+            fio_write_command: hydrate::fio_write_job(&scratch, size_bytes).command_line(),
+            ..SecondDevice::default()
+        }),
+        second_device_skipped,
         ..Hydration::default()
     };
     let mut mem = Memory::default();
@@ -325,17 +370,7 @@ fn run(cli: Cli) -> Result<Report> {
             "(a) round {round}/{repeat}: fio sequential write of a new {} MiB file",
             size_bytes / MIB
         ));
-        let _ = std::fs::remove_file(&scratch);
-        system::drop_caches();
-        let r = fio::run(
-            &hydrate::fio_write_job(&scratch, size_bytes),
-            &tag,
-            &logs,
-            false,
-            timeout,
-        )?;
-        let _ = std::fs::remove_file(&scratch);
-        progress(&format!("  {}", mib_s(r.bytes_per_s)));
+        let r = fio_write(&scratch, size_bytes, &tag, &logs, timeout)?;
         hyd.fio_write.push(r);
 
         progress(&format!(
@@ -372,6 +407,60 @@ fn run(cli: Cli) -> Result<Report> {
             hyd.ferry.push(h);
             live = Some(l);
         }
+
+        // (a2): the same round with the source on the zram device.
+        if let (Some(z), Some(sd)) = (&zram, hyd.second_device.as_mut()) {
+            // (a)'s servers stop, and its target goes, before anything of (a2) runs.
+            live = None;
+            let _ = std::fs::remove_file(&target);
+            let dev = z.path.display();
+
+            progress(&format!(
+                "(a2) round {round}/{repeat}: fio sequential read of {dev}"
+            ));
+            system::drop_caches();
+            let r = fio::run(
+                &hydrate::fio_read_device_job(&z.path, size_bytes),
+                &tag,
+                &logs_second,
+                false,
+                timeout,
+            )?;
+            progress(&format!("  {}", mib_s(r.bytes_per_s)));
+            sd.fio_read.push(r);
+
+            progress(&format!(
+                "(a2) round {round}/{repeat}: fio sequential write of a new {} MiB file",
+                size_bytes / MIB
+            ));
+            let r = fio_write(&scratch, size_bytes, &tag, &logs_second, timeout)?;
+            sd.fio_write.push(r);
+
+            if let Some(f) = &ferry {
+                progress(&format!(
+                    "(a2) round {round}/{repeat}: ferry hydration from {dev}"
+                ));
+                let paths = hydrate::Paths {
+                    source: &z.path,
+                    target: &target,
+                    state_dir: &state_dir,
+                    socket: &ferry_sock,
+                    log_dir: &logs_second,
+                };
+                let (h, l) = hydrate::ferry_round(f, &paths, size_bytes, round, timeout)?;
+                progress(&format!(
+                    "  {} ({:.2} s, {} sampled blocks match {dev})",
+                    mib_s(h.bytes_per_s),
+                    h.elapsed_s,
+                    h.blocks_verified
+                ));
+                sd.ferry.push(h);
+                live = Some(l);
+            }
+        }
+    }
+    if let Some(sd) = hyd.second_device.as_mut() {
+        sd.summarize();
     }
     hyd.fio_read_bytes_per_s = report::median(hyd.fio_read.iter().map(|r| r.bytes_per_s).collect());
     hyd.fio_write_bytes_per_s =
@@ -384,7 +473,8 @@ fn run(cli: Cli) -> Result<Report> {
         hyd.ratio_to_concurrent_fio = Some(f / hyd.fio_concurrent_bytes_per_s);
     }
 
-    // (b) serving: the frontend left running by the last round, and qemu-nbd on its target.
+    // (b) serving: the frontend left running by the last round (its (a2) hydration when
+    // (a2) ran, else its (a) one), and qemu-nbd on its target.
     let served_file: &Path = live.as_ref().map_or(&source, |l| &l.target);
     progress(&format!(
         "(b) starting qemu-nbd on {}",
@@ -445,7 +535,7 @@ fn run(cli: Cli) -> Result<Report> {
         })
         .collect();
     let serving = Serving {
-        served_file: served_file_note(&cli),
+        served_file: served_file_note(&cli, hyd.second_device.is_some()),
         qemu_nbd_command: qemu.command_line,
         jobs,
     };
@@ -475,12 +565,39 @@ fn run(cli: Cli) -> Result<Report> {
     })
 }
 
-fn served_file_note(cli: &Cli) -> String {
+fn served_file_note(cli: &Cli, second_device: bool) -> String {
     if cli.without_ferry {
         "the source file (no ferry target in --without-ferry)".into()
+    } else if second_device {
+        "the target of the last round's (a2) hydration, a file on the disk (both servers serve the same file)"
+            .into()
     } else {
-        "the target ferry just hydrated (both servers serve the same file)".into()
+        "the target of the last round's (a) hydration (both servers serve the same file)".into()
     }
+}
+
+/// fio writing a new file of the volume's size (the frontend's side), page cache dropped
+/// first; the file is removed afterwards.
+fn fio_write(
+    scratch: &Path,
+    size_bytes: u64,
+    tag: &str,
+    logs: &Path,
+    timeout: Duration,
+) -> Result<fio::FioRun> {
+    let _ = std::fs::remove_file(scratch);
+    system::drop_caches();
+    let r = fio::run(
+        &hydrate::fio_write_job(scratch, size_bytes),
+        tag,
+        logs,
+        false,
+        timeout,
+    );
+    let _ = std::fs::remove_file(scratch);
+    let r = r?;
+    progress(&format!("  {}", mib_s(r.bytes_per_s)));
+    Ok(r)
 }
 
 fn main() -> ExitCode {

@@ -71,6 +71,46 @@ pub struct Hydration {
     pub fio_concurrent: Vec<f64>,
     pub fio_concurrent_bytes_per_s: f64,
     pub ratio_to_concurrent_fio: Option<f64>,
+    /// (a2): the same with the source on a second device (a zram RAM disk); None when
+    /// it did not run, and then `second_device_skipped` says why.
+    pub second_device: Option<SecondDevice>,
+    pub second_device_skipped: Option<String>,
+}
+
+/// (a2) hydration with the source on a second device (a zram RAM disk made for the run)
+/// and the target a new file on the disk, as in (a); rounds interleaved with (a)'s.
+#[derive(Debug, Default, Serialize)]
+pub struct SecondDevice {
+    /// The device holding the copy of the source, e.g. `/dev/zram2`.
+    pub device: String,
+    /// How the device was made and filled.
+    pub how: String,
+    pub fio_read_command: String,
+    pub fio_write_command: String,
+    /// fio reading the device.
+    pub fio_read: Vec<FioRun>,
+    /// fio writing a new file on the disk (measured again, next to this ferry round).
+    pub fio_write: Vec<FioRun>,
+    /// ferry with the device as the backend's volume.
+    pub ferry: Vec<FerryHydration>,
+    pub fio_read_bytes_per_s: f64,
+    pub fio_write_bytes_per_s: f64,
+    pub ferry_bytes_per_s: Option<f64>,
+    pub ratio_to_slower_fio: Option<f64>,
+}
+
+impl SecondDevice {
+    /// Fills in the medians and the ratio from the rounds.
+    pub fn summarize(&mut self) {
+        self.fio_read_bytes_per_s = median(self.fio_read.iter().map(|r| r.bytes_per_s).collect());
+        self.fio_write_bytes_per_s = median(self.fio_write.iter().map(|r| r.bytes_per_s).collect());
+        if !self.ferry.is_empty() {
+            let f = median(self.ferry.iter().map(|r| r.bytes_per_s).collect());
+            self.ferry_bytes_per_s = Some(f);
+            let slower = self.fio_read_bytes_per_s.min(self.fio_write_bytes_per_s);
+            self.ratio_to_slower_fio = (slower > 0.0).then(|| f / slower);
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -194,6 +234,33 @@ pub fn verdicts(h: &Hydration, s: &Serving) -> Vec<Verdict> {
             detail: "ferry was not run".into(),
         },
     });
+    let goal =
+        format!("hydration >= {HYDRATION_GOAL} x the slower fio rate, source on a second device");
+    v.push(match (&h.second_device, &h.second_device_skipped) {
+        (Some(d), _) => match (d.ferry_bytes_per_s, d.ratio_to_slower_fio) {
+            (Some(f), Some(r)) => Verdict {
+                goal,
+                met: Some(r >= HYDRATION_GOAL),
+                detail: format!(
+                    "{r:.2} (ferry {:.0} MiB/s; fio read of {} {:.0} MiB/s, fio write {:.0} MiB/s)",
+                    mib(f),
+                    d.device,
+                    mib(d.fio_read_bytes_per_s),
+                    mib(d.fio_write_bytes_per_s)
+                ),
+            },
+            _ => Verdict {
+                goal,
+                met: None,
+                detail: "ferry was not run".into(),
+            },
+        },
+        (None, why) => Verdict {
+            goal,
+            met: None,
+            detail: format!("(a2) skipped: {}", why.as_deref().unwrap_or("not run")),
+        },
+    });
     let per_job = |goal: String, pick: fn(&Ratios) -> f64, ok: fn(f64) -> bool| {
         let measured: Vec<(&str, f64)> = s
             .jobs
@@ -250,6 +317,61 @@ fn human_size(b: u64) -> String {
     } else {
         format!("{} MiB", b >> 20)
     }
+}
+
+/// The (a2) section: its table, or why it did not run.
+fn second_device_markdown(o: &mut String, h: &Hydration) {
+    let _ = writeln!(
+        o,
+        "### (a2) Hydration, source on a second device (zram RAM disk), target on the disk\n"
+    );
+    let Some(d) = &h.second_device else {
+        let why = h.second_device_skipped.as_deref().unwrap_or("not run");
+        let _ = writeln!(o, "**Skipped:** {why}.\n");
+        return;
+    };
+    let rounds = |v: Vec<f64>| v.iter().map(|b| mib_s(*b)).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(o, "| what | MiB/s (median) | rounds |");
+    let _ = writeln!(o, "|---|---:|---|");
+    let _ = writeln!(
+        o,
+        "| fio sequential O_DIRECT read of {} (the source copied onto a RAM disk) | {} | {} |",
+        d.device,
+        mib_s(d.fio_read_bytes_per_s),
+        rounds(d.fio_read.iter().map(|r| r.bytes_per_s).collect())
+    );
+    let _ = writeln!(
+        o,
+        "| fio sequential O_DIRECT write of a new file (on the disk, again next to this ferry round) | {} | {} |",
+        mib_s(d.fio_write_bytes_per_s),
+        rounds(d.fio_write.iter().map(|r| r.bytes_per_s).collect())
+    );
+    if let Some(f) = d.ferry_bytes_per_s {
+        let secs = d
+            .ferry
+            .iter()
+            .map(|r| format!("{:.2} s", r.elapsed_s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            o,
+            "| ferry backend (volume {}) + frontend (target on the disk), frontend start to `chunks_untouched == 0` | {} | {} ({secs}) |",
+            d.device,
+            mib_s(f),
+            rounds(d.ferry.iter().map(|r| r.bytes_per_s).collect())
+        );
+    }
+    let _ = writeln!(
+        o,
+        "| **ratio ferry / slower fio** (goal >= {HYDRATION_GOAL}) | {} | |\n",
+        ratio(d.ratio_to_slower_fio)
+    );
+    let _ = writeln!(o, "Device: {}, {}.", d.device, d.how);
+    let _ = writeln!(
+        o,
+        "fio: `{}` and `{}`\n",
+        d.fio_read_command, d.fio_write_command
+    );
 }
 
 impl Report {
@@ -358,6 +480,8 @@ impl Report {
             h.fio_read_command, h.fio_write_command
         );
 
+        second_device_markdown(&mut o, h);
+
         let s = &self.serving;
         let _ = writeln!(
             o,
@@ -446,5 +570,81 @@ impl Report {
         crate::results_file::rewrite(path, |old| {
             crate::results_file::with_main_results(old, &body)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: f64 = (1 << 20) as f64;
+
+    fn run(mib_per_s: f64) -> FioRun {
+        FioRun {
+            bytes_per_s: mib_per_s * MIB,
+            ..FioRun::default()
+        }
+    }
+
+    fn second_device_verdict(h: &Hydration) -> &'static str {
+        let v = verdicts(h, &Serving::default());
+        assert_eq!(v.len(), 4);
+        assert!(v[1].goal.ends_with("source on a second device"));
+        match v[1].met {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "none",
+        }
+    }
+
+    #[test]
+    fn second_device_summary_and_verdict() {
+        let mut d = SecondDevice {
+            device: "/dev/zram9".into(),
+            fio_read: vec![run(3000.0), run(2000.0)],
+            fio_write: vec![run(900.0), run(1100.0)],
+            ..SecondDevice::default()
+        };
+        d.summarize();
+        assert_eq!(d.fio_read_bytes_per_s, 2500.0 * MIB);
+        assert_eq!(d.fio_write_bytes_per_s, 1000.0 * MIB);
+        // No ferry rounds (--without-ferry): no ratio, no verdict.
+        assert_eq!(d.ratio_to_slower_fio, None);
+        let mut h = Hydration {
+            second_device: Some(d),
+            ..Hydration::default()
+        };
+        assert_eq!(second_device_verdict(&h), "none");
+
+        // With a ratio: the slower fio is the write.
+        if let Some(d) = h.second_device.as_mut() {
+            d.ferry_bytes_per_s = Some(850.0 * MIB);
+            d.ratio_to_slower_fio = Some(0.85);
+        }
+        assert_eq!(second_device_verdict(&h), "met");
+        let md = {
+            let mut o = String::new();
+            second_device_markdown(&mut o, &h);
+            o
+        };
+        assert!(md.contains("### (a2) Hydration, source on a second device (zram RAM disk)"));
+        assert!(md.contains("| **ratio ferry / slower fio** (goal >= 0.8) | **0.85** | |"));
+        assert!(md.contains("/dev/zram9"));
+    }
+
+    #[test]
+    fn second_device_skipped() {
+        let h = Hydration {
+            second_device_skipped: Some("not root".into()),
+            ..Hydration::default()
+        };
+        assert_eq!(second_device_verdict(&h), "none");
+        let v = verdicts(&h, &Serving::default());
+        assert!(v[1].detail.contains("not root"));
+        // The (a) verdict keeps its goal text.
+        assert_eq!(v[0].goal, "hydration >= 0.8 x the slower fio rate");
+        let mut o = String::new();
+        second_device_markdown(&mut o, &h);
+        assert!(o.contains("**Skipped:** not root."));
     }
 }
