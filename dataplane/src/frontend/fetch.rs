@@ -407,8 +407,13 @@ impl Shard {
                 // on-demand fills, which never wait). Taken after `begin`, so a reference to
                 // this content waits for this write instead of missing, and never while
                 // resolving, so a fill waiting here never holds what another fill needs.
+                // While it waits, the chunk counts against the background window: a target
+                // slower than the link then slows the fetches instead of filling our memory.
                 let _permit = match class {
-                    Class::Background => Some(self.fill_permits.acquire_arc().await),
+                    Class::Background => {
+                        let _held = self.background_cap.hold_one();
+                        Some(self.fill_permits.acquire_arc().await)
+                    }
                     Class::OnDemand => None,
                 };
                 // The workload may have written this chunk while we waited for room.

@@ -47,6 +47,17 @@ const BASE_PERIOD: Duration = Duration::from_secs(10);
 /// least this long.
 const LINK_BOUND_HOLD_MIN: Duration = Duration::from_millis(50);
 
+/// One chunk held by [`BackgroundCap::hold_one`].
+pub struct Held<'a>(&'a BackgroundCap);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let cap = self.0;
+        cap.held.set(cap.held.get().saturating_sub(1));
+        cap.changed.notify_all();
+    }
+}
+
 pub struct BackgroundCap {
     /// `--qos shared`: on-demand replies share the connection (and the window applies on
     /// any link); else background has its own connections.
@@ -58,6 +69,10 @@ pub struct BackgroundCap {
     floor_bytes_per_s: u64,
     window: Cell<f64>,
     outstanding: Cell<usize>,
+    /// Answered chunks held in memory until a target write can start: they take room in the
+    /// window too, so a target slower than the link slows the fetches instead of piling
+    /// chunks up in memory.
+    held: Cell<usize>,
     base_cur: Cell<Option<Duration>>,
     base_prev: Cell<Option<Duration>>,
     period_start: Cell<Instant>,
@@ -93,6 +108,7 @@ impl BackgroundCap {
             floor_bytes_per_s,
             window: Cell::new(0.0),
             outstanding: Cell::new(0),
+            held: Cell::new(0),
             base_cur: Cell::new(None),
             base_prev: Cell::new(None),
             period_start: Cell::new(now),
@@ -169,16 +185,27 @@ impl BackgroundCap {
     pub async fn grant(&self, want: usize) -> usize {
         loop {
             let window = self.window();
-            let room = window.saturating_sub(self.outstanding.get());
+            let link_room = window.saturating_sub(self.outstanding.get());
+            let room = link_room.saturating_sub(self.held.get());
             let need = want.clamp(1, (window / 8).max(1));
             if room >= need {
                 let n = room.min(want.max(1));
                 self.outstanding.set(self.outstanding.get() + n);
                 return n;
             }
-            self.waited_at.set(Some(Instant::now()));
+            if link_room < need {
+                // Waiting for the link, not for the target: see `link_bound`.
+                self.waited_at.set(Some(Instant::now()));
+            }
             self.changed.wait().await;
         }
+    }
+
+    /// An answered chunk waits in memory for a target write until the guard drops (its
+    /// write starts, or the wait is abandoned): its room opens then.
+    pub fn hold_one(&self) -> Held<'_> {
+        self.held.set(self.held.get() + 1);
+        Held(self)
     }
 
     /// Gives back `n` granted chunks (answered, or never asked for).
@@ -345,6 +372,24 @@ mod tests {
             assert!(futures::poll!(next.as_mut()).is_pending());
             cap.release(3);
             assert_eq!(next.await, 3);
+        });
+    }
+
+    #[test]
+    fn held_chunks_take_room_but_do_not_make_the_link_bound() {
+        // A WAN round trip, window of 4: all 4 answered (released) but waiting for the
+        // target (held). The next grant waits for the target, and that wait is not the link's.
+        let cap = BackgroundCap::new(false, 65536, 4, 0);
+        cap.sample(Duration::from_millis(40), false);
+        futures::executor::block_on(async {
+            assert_eq!(cap.grant(64).await, 4);
+            cap.release(4);
+            let mut held: Vec<Held<'_>> = (0..4).map(|_| cap.hold_one()).collect();
+            let mut next = Box::pin(cap.grant(64));
+            assert!(futures::poll!(next.as_mut()).is_pending());
+            assert!(!cap.link_bound());
+            held.truncate(2);
+            assert_eq!(next.await, 2);
         });
     }
 }
