@@ -589,9 +589,10 @@ fn target_alignment(path: &Path, volume_size: u64) -> Result<u32, FrontendError>
 }
 
 /// Background target writes in flight per core. Without a bound every arriving chunk was
-/// written at once (hundreds of 64 KiB writes queued per core) and hydration from a RAM-disk
-/// source ran 10-30 % slower than with 16-64 in flight (8 was slower again); 32 per core
-/// is the device depth fio needs for full speed with 64 KiB writes on our test disk.
+/// written at once (hundreds of 64 KiB writes queued per core); in paired 1 GiB hydrations
+/// from a RAM-disk source that was slower in each pair than 16 in flight (our disk is noisy:
+/// 1.49-1.91 s against 1.12-1.79 s), 8 was slower too, 16, 32 and 64 alike. 32 per core
+/// also matches fio: 64 KiB writes at depth 32 ran at full speed on this disk.
 const FILLS_IN_FLIGHT: usize = 32;
 
 /// What every core starts from (shared, read-only).
