@@ -146,7 +146,9 @@ struct FrontendArgs {
     /// Chunks per background fetch request.
     #[arg(long, default_value_t = 64)]
     batch_chunks: usize,
-    /// Background fetch requests in flight per core.
+    /// Background fetch depth per core: at most this many full batches (this × --batch-chunks
+    /// chunks) outstanding, fetched or waiting for their target write; when a window shrinks
+    /// batches, up to 8 × this many smaller requests carry them.
     #[arg(long, default_value_t = 8)]
     background_in_flight: usize,
     /// Chunk compression on the wire: `auto` lets the backend send zstd when the link, not
