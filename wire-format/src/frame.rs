@@ -1112,11 +1112,7 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
         Kind::ChunkDataDigest => {
             let handle = get_u32(&mut r, "handle")?;
             let chunk = get_u64(&mut r, "chunk")?;
-            let bytes = r.bytes(DIGEST_LEN).ok_or(WireError::Truncated {
-                what: "chunk-data digest",
-            })?;
-            let mut digest = [0u8; DIGEST_LEN];
-            digest.copy_from_slice(bytes);
+            let digest = get_digest(&mut r, "chunk-data digest")?;
             let data = r.rest();
             check_data(data)?;
             Frame::ChunkDataDigest {
@@ -1203,11 +1199,7 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
         Kind::ChunkRef => {
             let handle = get_u32(&mut r, "handle")?;
             let chunk = get_u64(&mut r, "chunk")?;
-            let bytes = r.bytes(DIGEST_LEN).ok_or(WireError::Truncated {
-                what: "chunk-ref digest",
-            })?;
-            let mut digest = [0u8; DIGEST_LEN];
-            digest.copy_from_slice(bytes);
+            let digest = get_digest(&mut r, "chunk-ref digest")?;
             Frame::ChunkRef {
                 handle,
                 chunk,
@@ -1223,6 +1215,13 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
         return Err(WireError::TrailingBytes { kind });
     }
     Ok(frame)
+}
+
+fn get_digest(r: &mut Reader<'_>, what: &'static str) -> Result<[u8; DIGEST_LEN], WireError> {
+    let bytes = r.bytes(DIGEST_LEN).ok_or(WireError::Truncated { what })?;
+    let mut digest = [0u8; DIGEST_LEN];
+    digest.copy_from_slice(bytes);
+    Ok(digest)
 }
 
 fn get_u8(r: &mut Reader<'_>, what: &'static str) -> Result<u8, WireError> {
