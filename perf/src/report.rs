@@ -319,6 +319,33 @@ fn human_size(b: u64) -> String {
     }
 }
 
+/// One row of a hydration table: `| what | median | rounds{note} |`, rates in MiB/s.
+fn rate_row(
+    o: &mut String,
+    what: &str,
+    median: f64,
+    rounds: impl Iterator<Item = f64>,
+    note: &str,
+) {
+    let rounds = rounds.map(mib_s).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(o, "| {what} | {} | {rounds}{note} |", mib_s(median));
+}
+
+fn fio_row(o: &mut String, what: &str, median: f64, runs: &[FioRun]) {
+    rate_row(o, what, median, runs.iter().map(|r| r.bytes_per_s), "");
+}
+
+/// A ferry row also gives each round's time.
+fn ferry_row(o: &mut String, what: &str, median: f64, runs: &[FerryHydration]) {
+    let secs = runs
+        .iter()
+        .map(|r| format!("{:.2} s", r.elapsed_s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rates = runs.iter().map(|r| r.bytes_per_s);
+    rate_row(o, what, median, rates, &format!(" ({secs})"));
+}
+
 /// The (a2) section: its table, or why it did not run.
 fn second_device_markdown(o: &mut String, h: &Hydration) {
     let _ = writeln!(
@@ -330,35 +357,32 @@ fn second_device_markdown(o: &mut String, h: &Hydration) {
         let _ = writeln!(o, "**Skipped:** {why}.\n");
         return;
     };
-    let rounds = |v: Vec<f64>| v.iter().map(|b| mib_s(*b)).collect::<Vec<_>>().join(", ");
     let _ = writeln!(o, "| what | MiB/s (median) | rounds |");
     let _ = writeln!(o, "|---|---:|---|");
-    let _ = writeln!(
+    fio_row(
         o,
-        "| fio sequential O_DIRECT read of {} (the source copied onto a RAM disk) | {} | {} |",
-        d.device,
-        mib_s(d.fio_read_bytes_per_s),
-        rounds(d.fio_read.iter().map(|r| r.bytes_per_s).collect())
+        &format!(
+            "fio sequential O_DIRECT read of {} (the source copied onto a RAM disk)",
+            d.device
+        ),
+        d.fio_read_bytes_per_s,
+        &d.fio_read,
     );
-    let _ = writeln!(
+    fio_row(
         o,
-        "| fio sequential O_DIRECT write of a new file (on the disk, again next to this ferry round) | {} | {} |",
-        mib_s(d.fio_write_bytes_per_s),
-        rounds(d.fio_write.iter().map(|r| r.bytes_per_s).collect())
+        "fio sequential O_DIRECT write of a new file (on the disk, again next to this ferry round)",
+        d.fio_write_bytes_per_s,
+        &d.fio_write,
     );
     if let Some(f) = d.ferry_bytes_per_s {
-        let secs = d
-            .ferry
-            .iter()
-            .map(|r| format!("{:.2} s", r.elapsed_s))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = writeln!(
+        ferry_row(
             o,
-            "| ferry backend (volume {}) + frontend (target on the disk), frontend start to `chunks_untouched == 0` | {} | {} ({secs}) |",
-            d.device,
-            mib_s(f),
-            rounds(d.ferry.iter().map(|r| r.bytes_per_s).collect())
+            &format!(
+                "ferry backend (volume {}) + frontend (target on the disk), frontend start to `chunks_untouched == 0`",
+                d.device
+            ),
+            f,
+            &d.ferry,
         );
     }
     let _ = writeln!(
@@ -436,33 +460,32 @@ impl Report {
         let _ = writeln!(o, "### (a) Hydration throughput\n");
         let _ = writeln!(o, "| what | MiB/s (median) | rounds |");
         let _ = writeln!(o, "|---|---:|---|");
-        let rounds = |v: Vec<f64>| v.iter().map(|b| mib_s(*b)).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(
-            o,
-            "| fio sequential O_DIRECT read of the source | {} | {} |",
-            mib_s(h.fio_read_bytes_per_s),
-            rounds(h.fio_read.iter().map(|r| r.bytes_per_s).collect())
+        fio_row(
+            &mut o,
+            "fio sequential O_DIRECT read of the source",
+            h.fio_read_bytes_per_s,
+            &h.fio_read,
         );
-        let _ = writeln!(
-            o,
-            "| fio sequential O_DIRECT write of a new file | {} | {} |",
-            mib_s(h.fio_write_bytes_per_s),
-            rounds(h.fio_write.iter().map(|r| r.bytes_per_s).collect())
+        fio_row(
+            &mut o,
+            "fio sequential O_DIRECT write of a new file",
+            h.fio_write_bytes_per_s,
+            &h.fio_write,
         );
         if let Some(f) = h.ferry_bytes_per_s {
-            let secs = h
-                .ferry
-                .iter()
-                .map(|r| format!("{:.2} s", r.elapsed_s))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(o, "| ferry backend + frontend, frontend start to `chunks_untouched == 0` | {} | {} ({secs}) |", mib_s(f), rounds(h.ferry.iter().map(|r| r.bytes_per_s).collect()));
+            ferry_row(
+                &mut o,
+                "ferry backend + frontend, frontend start to `chunks_untouched == 0`",
+                f,
+                &h.ferry,
+            );
         }
-        let _ = writeln!(
-            o,
-            "| fio read of the source and write of a new file at the same time (copy ceiling of one device) | {} | {} |",
-            mib_s(h.fio_concurrent_bytes_per_s),
-            rounds(h.fio_concurrent.clone())
+        rate_row(
+            &mut o,
+            "fio read of the source and write of a new file at the same time (copy ceiling of one device)",
+            h.fio_concurrent_bytes_per_s,
+            h.fio_concurrent.iter().copied(),
+            "",
         );
         let _ = writeln!(
             o,
