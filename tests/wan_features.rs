@@ -338,12 +338,15 @@ fn same_target_with_and_without_each_feature() {
 /// Volume B is a clone of volume A with ~1% of its 4 KiB blocks rewritten: migrated after A
 /// with the same dedup index, almost all of it must cross the wire as references.
 ///
+/// A goes over loopback with the defaults, where the backend does not hash (the link is
+/// faster than SHA-256) and A's frontend indexes its target after hydration, before it exits
+/// at cutover: B finding A's content is what shows that indexing happened.
+///
 /// 4K chunks: at 64K the sample's duplicated tree gives no hit at all (its files are 4K- but
 /// not 64K-aligned), and 1% of blocks rewritten at random touch ~25% of B's 64K data chunks,
 /// so even perfect dedup would send more than 5% of B.
 #[test]
 fn a_clone_crosses_the_wire_as_references() {
-    let s = sample();
     let root = test_dir("wan-clone");
     let src = sample_copy(root.path());
     let index = root.path().join("ferry-dedup.sqlite");
@@ -352,7 +355,6 @@ fn a_clone_crosses_the_wire_as_references() {
         .chunk("4K")
         .frontend_args(&["--dedup-index", index_arg]);
 
-    // (d) of `same_target_with_and_without_each_feature`: a fresh index, one volume.
     let a = migrate(
         &root.path().join("a"),
         &src,
@@ -360,14 +362,8 @@ fn a_clone_crosses_the_wire_as_references() {
         None,
         Share::Shared,
     );
-    a.print("A (fresh index, 4K chunks)");
+    a.print("A (fresh index, 4K chunks, indexed after hydration)");
     assert_files_equal(&src, &a.h.target);
-    assert!(
-        a.n("deduped_chunks") > 0,
-        "the sample's duplicated tree (/srv/app-v2, {} B) gave no dedup hit: {}",
-        s.summary.duplicated_bytes,
-        a.done
-    );
 
     // B: A with 1% of its blocks (anywhere, free space included) rewritten.
     let b_src = root.path().join("b.img");
@@ -418,6 +414,41 @@ fn a_clone_crosses_the_wire_as_references() {
         b.n("deduped_chunks") * 10 >= b.n("chunks_present") * 9,
         "fewer than 90% of B's data chunks came from the index: {}",
         b.done
+    );
+}
+
+/// `--eager-dedup`: the backend hashes every chunk even over loopback, so content repeated
+/// inside one volume (the sample's duplicated tree) crosses the wire once and is referenced
+/// after; without it, over loopback, every chunk travels as data and nothing is referenced.
+#[test]
+fn eager_dedup_references_repeats_within_a_volume_on_a_fast_link() {
+    let s = sample();
+    let root = test_dir("wan-eager");
+    let src = sample_copy(root.path());
+    let run = |name: &str, extra: &[&str]| {
+        let index = root.path().join(format!("{name}.sqlite"));
+        let mut args = vec!["--dedup-index", index.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let opts = Opts::default().chunk("4K").frontend_args(&args);
+        let m = migrate(&root.path().join(name), &src, opts, None, Share::Shared);
+        m.print(name);
+        assert_files_equal(&src, &m.h.target);
+        m
+    };
+    let eager = run("eager", &["--eager-dedup"]);
+    assert!(
+        eager.n("deduped_chunks") > 0,
+        "the sample's duplicated tree (/srv/app-v2, {} B) gave no dedup hit: {}",
+        s.summary.duplicated_bytes,
+        eager.done
+    );
+    let lazy = run("lazy", &[]);
+    assert!(
+        lazy.n("deduped_chunks") < eager.n("deduped_chunks"),
+        "over loopback the default hashed as much as --eager-dedup ({} >= {} hits): {}",
+        lazy.n("deduped_chunks"),
+        eager.n("deduped_chunks"),
+        lazy.done
     );
 }
 

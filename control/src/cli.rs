@@ -164,6 +164,12 @@ struct FrontendArgs {
     /// No dedup: every chunk is sent as data.
     #[arg(long, conflicts_with = "dedup_index")]
     no_dedup: bool,
+    /// Have the backend hash every chunk for dedup, even when the link is faster than the
+    /// hash. Default: chunks are hashed while the link is the bottleneck or this machine
+    /// already holds indexed content; on a fast link they come unhashed and are indexed
+    /// after hydration, at idle CPU priority, for the volumes migrated later.
+    #[arg(long, conflicts_with = "no_dedup")]
+    eager_dedup: bool,
     /// Record every request the export serves (time, offset, length, kind) into FILE, a new
     /// SQLite file tied to the volume's size and ext4 UUID (`ferry recording info FILE`).
     #[arg(long, value_name = "FILE")]
@@ -421,6 +427,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 },
                 compress: a.compress == Compress::Auto,
                 dedup_index,
+                eager_dedup: a.eager_dedup,
                 metrics,
                 record: a.record,
                 passthrough: false,

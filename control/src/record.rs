@@ -124,6 +124,7 @@ fn serve(
         },
         compress: false,
         dedup_index: None,
+        eager_dedup: false,
         metrics: None,
         record: Some(a.out.clone()),
         passthrough: true,

@@ -55,3 +55,10 @@ pub fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::R
         )
     })
 }
+
+/// Moves the calling thread to `SCHED_IDLE`: it runs only on CPU time nothing else wants.
+pub fn idle_cpu_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) })
+}

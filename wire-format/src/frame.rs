@@ -69,6 +69,11 @@ pub const CAP_REFS: u64 = 1 << 1;
 /// hash the chunk again to index it. The digest is a hint like any dedup location: content is
 /// used through it only after it hashes to the digest again.
 pub const CAP_DIGESTS: u64 = 1 << 2;
+/// Capability bit (with [`CAP_REFS`] and [`CAP_DIGESTS`]): the frontend indexes content that
+/// arrives without a digest later, off its data path. The backend may then skip hashing while
+/// that does not pay (the link is faster than SHA-256 and the frontend announced nothing), and
+/// a plain `ChunkData` it sends is content it did not hash and will never reference.
+pub const CAP_LAZY_INDEX: u64 = 1 << 3;
 /// Bit 7 of a `Fetch`'s class byte: answer with data, never with a `ChunkRef` (the frontend
 /// could not use a reference it was given for these chunks).
 const FETCH_NO_REFS: u8 = 0x80;

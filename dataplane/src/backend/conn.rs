@@ -79,7 +79,7 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
         chunks_sent: Cell::new(0),
         zero_chunks_sent: Cell::new(0),
         bytes_sent: Cell::new(0),
-        encoder: RefCell::new(Encoder::new(false, false)),
+        encoder: RefCell::new(Encoder::new(false, false, false)),
         send_digests: Cell::new(false),
         metrics: metrics.clone(),
     });
@@ -153,8 +153,11 @@ impl Conn {
                         return Err(LinkError::Protocol(msg));
                     }
                     let caps = capabilities & crate::link::CAPABILITIES;
-                    *self.encoder.borrow_mut() =
-                        Encoder::new(caps & frame::CAP_ZSTD != 0, caps & frame::CAP_REFS != 0);
+                    *self.encoder.borrow_mut() = Encoder::new(
+                        caps & frame::CAP_ZSTD != 0,
+                        caps & frame::CAP_REFS != 0,
+                        caps & frame::CAP_LAZY_INDEX != 0,
+                    );
                     self.send_digests.set(caps & frame::CAP_DIGESTS != 0);
                     self.send_frame(
                         id,

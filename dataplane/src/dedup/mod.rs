@@ -15,6 +15,7 @@
 //!   size simply misses. Content-defined chunking would add entries of other lengths; the
 //!   wire `ChunkRef` already names content by digest, not by position.
 
+pub mod backfill;
 pub mod store;
 
 use std::collections::HashMap;
@@ -31,6 +32,19 @@ pub type Digest = [u8; DIGEST_LEN];
 /// SHA-256 of a chunk's content.
 pub fn digest(data: &[u8]) -> Digest {
     Sha256::digest(data).into()
+}
+
+/// What is known of a fetched chunk's digest when it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestHint {
+    /// Sent with the data, or checked while resolving a reference: no hashing needed.
+    Known(Digest),
+    /// Unknown, and the backend may reference this content later: hash it now.
+    Compute,
+    /// The backend did not hash it and will never reference it
+    /// ([`wire_format::frame::CAP_LAZY_INDEX`]): index it later, off the data path
+    /// ([`backfill`]).
+    Later,
 }
 
 /// Where a chunk's content lies: byte `offset` of file number `file` ([`DedupIndex::paths`]).
@@ -120,6 +134,15 @@ impl DedupIndex {
             m.insert(d, loc);
         }
         self.send(store::Op::Put(d, loc));
+    }
+
+    /// Calls `f` with the offset of every entry in this volume's target.
+    pub fn for_each_own(&self, mut f: impl FnMut(u64)) {
+        if let Ok(m) = self.map.lock() {
+            m.values()
+                .filter(|l| l.file == self.own_file)
+                .for_each(|l| f(l.offset));
+        }
     }
 
     /// Drops `d` if it still points at `loc` (its content there no longer matches).

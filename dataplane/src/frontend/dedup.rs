@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::bufs::ChunkBufs;
+use crate::dedup::backfill::Backfill;
 use crate::dedup::{self, DedupIndex, Digest};
 use crate::notify::Notify;
 use crate::runtime::{AlignedBuf, File, OpenOptions};
@@ -21,12 +22,14 @@ pub struct CoreDedup {
     files: Vec<Option<File>>,
     /// Content whose fill into our target is in flight, with a signal for when it lands.
     pending: RefCell<HashMap<Digest, Rc<Notify>>>,
+    /// Indexes content that arrived unhashed, once hydration is done.
+    backfill: Option<Arc<Backfill>>,
 }
 
 impl CoreDedup {
     /// Opens every file of the index on this core (start-up, before any IO is served).
     /// `own` is this core's handle on the target.
-    pub fn open(index: Arc<DedupIndex>, own: &File) -> CoreDedup {
+    pub fn open(index: Arc<DedupIndex>, own: &File, backfill: Option<Arc<Backfill>>) -> CoreDedup {
         let opts = OpenOptions {
             read: true,
             write: false,
@@ -54,6 +57,14 @@ impl CoreDedup {
             index,
             files,
             pending: RefCell::new(HashMap::new()),
+            backfill,
+        }
+    }
+
+    /// `chunk` is on our target and arrived without a digest ([`dedup::DigestHint::Later`]).
+    pub fn later(&self, chunk: u64) {
+        if let Some(b) = &self.backfill {
+            b.later(chunk);
         }
     }
 

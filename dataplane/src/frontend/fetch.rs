@@ -17,7 +17,7 @@ use wire_format::state::ChunkState;
 
 use super::error::VolError;
 use super::shard::Shard;
-use crate::dedup::Digest;
+use crate::dedup::{Digest, DigestHint};
 use crate::link::client::Reply;
 use crate::runtime::{self, AlignedBuf};
 
@@ -27,9 +27,9 @@ pub const FETCH_ATTEMPTS_MAX: u32 = 4;
 pub const FETCH_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Fill {
-    /// With the content's SHA-256 when it is already known (sent by the backend, or checked
-    /// while resolving a reference), so indexing it needs no hashing here.
-    Data(AlignedBuf, Option<Digest>),
+    /// With what is known of the content's SHA-256 (sent by the backend, or checked while
+    /// resolving a reference, needs no hashing here).
+    Data(AlignedBuf, DigestHint),
     Zero,
     /// Content this machine holds, named by digest (dedup).
     Ref(Digest),
@@ -311,7 +311,7 @@ impl Shard {
                 self.stats
                     .deduped_bytes
                     .set(self.stats.deduped_bytes.get() + u64::from(len));
-                return Ok(Fill::Data(buf, Some(digest)));
+                return Ok(Fill::Data(buf, DigestHint::Known(digest)));
             }
         }
         self.stats.ref_misses.set(self.stats.ref_misses.get() + 1);
@@ -397,11 +397,16 @@ impl Shard {
             Fill::Data(buf, _) if stale => self.bufs.give(buf),
             Fill::Zero if stale => {}
             Fill::Ref(_) => error = Some("unresolved reference".to_string()),
-            Fill::Data(buf, known) => {
-                let digest = self.dedup.as_ref().map(|d| {
-                    let digest = known.unwrap_or_else(|| crate::dedup::digest(&buf));
+            Fill::Data(buf, hint) => {
+                let digest = self.dedup.as_ref().and_then(|d| {
+                    let digest = match hint {
+                        DigestHint::Known(digest) => digest,
+                        DigestHint::Compute => crate::dedup::digest(&buf),
+                        // Nobody can reference it before it is indexed.
+                        DigestHint::Later => return None,
+                    };
                     d.begin(digest);
-                    digest
+                    Some(digest)
                 });
                 // Background writes in flight are bounded (the device queue stays short for
                 // on-demand fills, which never wait). Taken after `begin`, so a reference to
@@ -427,9 +432,13 @@ impl Shard {
                     self.bufs.give(buf);
                     Some(res)
                 };
-                if let (Some(d), Some(digest)) = (&self.dedup, digest) {
+                if let Some(d) = &self.dedup {
                     let stored = matches!(res, Some(Ok(()))).then_some((offset, len as u32));
-                    d.end(digest, stored);
+                    match digest {
+                        Some(digest) => d.end(digest, stored),
+                        None if stored.is_some() => d.later(chunk),
+                        None => {}
+                    }
                 }
                 match res {
                     None => {}

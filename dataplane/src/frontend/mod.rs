@@ -33,6 +33,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use crate::bufs::ChunkBufs;
+use crate::dedup::backfill::Backfill;
 use crate::geometry::Geometry;
 use crate::hydrate::{self, HydrateConfig};
 use crate::link::blocking;
@@ -93,6 +94,10 @@ pub struct FrontendConfig {
     pub compress: bool,
     /// The persistent dedup index shared by the volumes of this machine; `None`: no dedup.
     pub dedup_index: Option<PathBuf>,
+    /// Have the backend hash every chunk, even on a link faster than the hash (most dedup
+    /// hits within a volume, most CPU). Off: on a fast link chunks come unhashed and are
+    /// indexed after hydration ([`crate::dedup::backfill`]).
+    pub eager_dedup: bool,
     /// Where to serve Prometheus metrics (bound by the caller, who printed its address).
     pub metrics: Option<Arc<std::net::TcpListener>>,
     /// Record every request the export serves into this new file (`crate::recording`).
@@ -230,6 +235,17 @@ pub fn run(
         )?)),
         None => None,
     };
+    let backfill = match &dedup {
+        Some(d) if !cfg.eager_dedup => {
+            let b = Backfill::start(d.clone(), &session.target, geo, resident.clone())
+                .map_err(|e| state_err(&dir, format!("dedup indexer thread: {e}")))?;
+            if !new_session {
+                queue_unindexed(&b, d, &geo, &body);
+            }
+            Some(b)
+        }
+        _ => None,
+    };
 
     let recorder = match &cfg.record {
         Some(path) => Some(start_recording(&cfg, path, info.size_bytes)?),
@@ -264,6 +280,7 @@ pub fn run(
         body,
         resident,
         dedup: dedup.clone(),
+        backfill: backfill.clone(),
         recorder: recorder.as_ref().map(|r| r.sink()),
         prefetch,
     });
@@ -310,6 +327,24 @@ pub fn run(
     admin::spawn(admin_listener, admin)
         .map_err(|e| state_err(&dir, format!("admin thread: {e}")))?;
     let joined = set.join();
+    if let Some(b) = &backfill {
+        // After cutover the target is the volume: what it holds is worth indexing for the
+        // next volume. Otherwise (abort, stop) stop now; a restart queues the rest again.
+        let cut_over = state::load(&dir)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.phase == Phase::Completed);
+        if cut_over && b.queued() > 0 {
+            tracing::info!(
+                chunks = b.queued(),
+                "indexing the rest of the target for dedup before exiting"
+            );
+        }
+        let left = b.finish(cut_over);
+        if left > 0 {
+            tracing::info!(chunks = left, "left unindexed for dedup");
+        }
+    }
     if let Some(d) = &dedup {
         d.close();
     }
@@ -337,6 +372,30 @@ pub fn run(
         .and_then(|mut o| o.take())
         .unwrap_or_else(|| "frontend stopped".into());
     Ok(Outcome { message })
+}
+
+/// A resumed session: the chunks that arrived unhashed before the restart are not queued any
+/// more; `Present` chunks the index holds nothing at are queued again.
+fn queue_unindexed(b: &Backfill, index: &crate::dedup::DedupIndex, geo: &Geometry, body: &[u8]) {
+    let indexed = ResidentMap::new(geo.chunk_count);
+    let cs = u64::from(geo.chunk_size_bytes);
+    index.for_each_own(|offset| {
+        if offset % cs == 0 && offset / cs < geo.chunk_count {
+            indexed.set(offset / cs);
+        }
+    });
+    let whole = VolumeMap::from_body(geo, 0, body);
+    for c in 0..geo.chunk_count {
+        if whole.get(c) == ChunkState::Present && !indexed.is_set(c) {
+            b.later(c);
+        }
+    }
+    if b.queued() > 0 {
+        tracing::info!(
+            chunks = b.queued(),
+            "present chunks not in the dedup index; indexed after hydration"
+        );
+    }
 }
 
 /// Learns the volume's identity (size, ext2/3/4 UUID from chunk 0 of the source) and creates
@@ -605,6 +664,7 @@ struct CoreSetup {
     body: Vec<u8>,
     resident: Arc<ResidentMap>,
     dedup: Option<Arc<crate::dedup::DedupIndex>>,
+    backfill: Option<Arc<Backfill>>,
     recorder: Option<crate::recording::RecordSink>,
     prefetch: Arc<crate::prefetch::Plan>,
 }
@@ -622,6 +682,7 @@ async fn start_core(
         body,
         resident,
         dedup,
+        backfill,
         recorder,
         prefetch,
     } = setup;
@@ -648,9 +709,13 @@ async fn start_core(
         capabilities |= wire_format::frame::CAP_ZSTD;
     }
     if dedup.is_some() {
-        // The backend hashes every chunk for references anyway; taking its digest spares
-        // ours (a SHA-256 pass per chunk, half the CPU of a loopback hydration).
+        // A chunk the backend hashed for references comes with its digest, sparing ours (a
+        // SHA-256 pass per chunk, half the CPU of a loopback hydration).
         capabilities |= wire_format::frame::CAP_REFS | wire_format::frame::CAP_DIGESTS;
+    }
+    if backfill.is_some() {
+        // On a link faster than the hash, chunks come unhashed and are indexed later.
+        capabilities |= wire_format::frame::CAP_LAZY_INDEX;
     }
     let shared = cfg.qos == QosMode::Shared;
     let link = |tos| LinkConfig {
@@ -667,7 +732,7 @@ async fn start_core(
     let counters = Rc::new(crate::link::client::LinkCounters::default());
     let core_dedup = dedup
         .as_ref()
-        .map(|d| dedup::CoreDedup::open(d.clone(), &target));
+        .map(|d| dedup::CoreDedup::open(d.clone(), &target, backfill.clone()));
     let on_demand = Rc::new(LinkSlot::new(link(None), bufs.clone(), counters.clone()));
     let shard = Rc::new(shard::Shard {
         id: core,

@@ -18,16 +18,17 @@ use wire_format::frame::{self, Class, ErrorCode, Frame, DIGEST_LEN, MAX_HAVE_DIG
 use super::reader::FrameReader;
 use super::{refusal, LinkError, CAPABILITIES};
 use crate::bufs::ChunkBufs;
-use crate::dedup::DedupIndex;
+use crate::dedup::{DedupIndex, DigestHint};
 use crate::runtime::{self, AlignedBuf, ConnectOpts, Stream};
 
 pub enum Reply {
     Data {
         chunk: u64,
         buf: AlignedBuf,
-        /// The SHA-256 the backend sent with the data (`CAP_DIGESTS`): a hint for the dedup
-        /// index, never a check of the data (the frame's crc32c is that).
-        digest: Option<[u8; DIGEST_LEN]>,
+        /// The SHA-256 the backend sent with the data (`CAP_DIGESTS`), or what the frontend
+        /// must do to learn it: a hint for the dedup index, never a check of the data (the
+        /// frame's crc32c is that).
+        digest: DigestHint,
     },
     Zero {
         chunk: u64,
@@ -96,6 +97,8 @@ pub struct BackendLink {
     handle: u32,
     dead: Cell<bool>,
     backlog: Rc<super::reader::Backlog>,
+    /// `CAP_LAZY_INDEX` was agreed: plain `ChunkData` is content the backend did not hash.
+    lazy_index: bool,
 }
 
 /// Replies to one request; dropping it forgets the request id.
@@ -217,6 +220,7 @@ impl BackendLink {
             handle,
             dead: Cell::new(false),
             backlog: reader.backlog(),
+            lazy_index: caps & frame::CAP_LAZY_INDEX != 0,
         });
         let l = link.clone();
         runtime::spawn(async move {
@@ -267,9 +271,11 @@ impl BackendLink {
                         chunk,
                         data,
                     },
-                    Some(digest),
+                    DigestHint::Known(digest),
                 ),
-                f => (f, None),
+                // A lazy-index backend sends plain data only for content it did not hash.
+                f @ Frame::ChunkData { .. } if self.lazy_index => (f, DigestHint::Later),
+                f => (f, DigestHint::Compute),
             };
             let reply = match frame {
                 Frame::ChunkData {
@@ -329,7 +335,7 @@ impl BackendLink {
                     Reply::Data {
                         chunk,
                         buf,
-                        digest: None,
+                        digest: DigestHint::Compute,
                     }
                 }
                 Frame::ChunkRef {

@@ -15,8 +15,10 @@ use wire_format::frame::{ErrorCode, WireError};
 /// Every capability this build speaks (zstd chunks, content references, digests sent with
 /// data); a frontend offers the ones its configuration enables, the backend accepts the common
 /// subset.
-pub const CAPABILITIES: u64 =
-    wire_format::frame::CAP_ZSTD | wire_format::frame::CAP_REFS | wire_format::frame::CAP_DIGESTS;
+pub const CAPABILITIES: u64 = wire_format::frame::CAP_ZSTD
+    | wire_format::frame::CAP_REFS
+    | wire_format::frame::CAP_DIGESTS
+    | wire_format::frame::CAP_LAZY_INDEX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

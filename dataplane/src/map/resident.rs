@@ -41,6 +41,33 @@ impl ResidentMap {
     pub fn all_set(&self, first: u64, last: u64) -> bool {
         (first..=last).all(|c| self.is_set(c))
     }
+
+    /// Whether all of the first `chunk_count` bits are set (word by word).
+    pub fn is_full(&self, chunk_count: u64) -> bool {
+        let whole = (chunk_count / 64) as usize;
+        let words_full = self.words[..whole]
+            .iter()
+            .all(|w| w.load(Ordering::Acquire) == u64::MAX);
+        let tail = chunk_count % 64;
+        words_full
+            && (tail == 0 || {
+                let mask = (1u64 << tail) - 1;
+                self.words[whole].load(Ordering::Acquire) & mask == mask
+            })
+    }
+
+    /// The first set bit at or after `from`.
+    pub fn next_set(&self, from: u64) -> Option<u64> {
+        let mut i = (from / 64) as usize;
+        let mut w = self.words.get(i)?.load(Ordering::Acquire) & (u64::MAX << (from % 64));
+        loop {
+            if w != 0 {
+                return Some(i as u64 * 64 + u64::from(w.trailing_zeros()));
+            }
+            i += 1;
+            w = self.words.get(i)?.load(Ordering::Acquire);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -57,5 +84,15 @@ mod tests {
         assert!(m.all_set(0, 1));
         m.clear(0);
         assert!(!m.is_set(0) && m.is_set(129));
+        assert_eq!(m.next_set(0), Some(1));
+        assert_eq!(m.next_set(2), Some(64));
+        assert_eq!(m.next_set(65), Some(129));
+        assert_eq!(m.next_set(130), None);
+        assert!(!m.is_full(130));
+        let f = super::ResidentMap::new(130);
+        (0..130).for_each(|c| f.set(c));
+        assert!(f.is_full(130) && f.is_full(64));
+        f.clear(128);
+        assert!(!f.is_full(130) && f.is_full(128));
     }
 }

@@ -1,0 +1,245 @@
+//! Indexing, off the data path, content that arrived without a digest
+//! ([`super::DigestHint::Later`]).
+//!
+//! On a link faster than SHA-256 (loopback, LAN) hashing every chunk is what limits a
+//! migration on a busy machine: about 0.7 CPU s per GiB, as much as all the rest of the
+//! backend's work. So there the backend sends chunks unhashed and never references them, and
+//! the frontend indexes them here, later, for the volumes migrated after this one (a second
+//! VM from the same image, over a WAN):
+//!
+//! * a bit per chunk says "written to the target, not indexed";
+//! * one thread at `SCHED_IDLE` CPU priority reads those chunks back from the target and
+//!   indexes them, but only once hydration is done: while it runs the target device is busy,
+//!   and reading it back then would slow the migration it is meant to help;
+//! * at cutover the frontend drains what is left before it exits; on abort it stops (the
+//!   target is not the volume then);
+//! * nothing is persisted: after a restart the bits are rebuilt from the map (`Present`
+//!   chunks the index holds nothing at).
+//!
+//! An entry made here is a hint like any other (DESIGN invariant 11): the workload may have
+//! written the chunk since it was filled, and the entry then names what was read.
+
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::DedupIndex;
+use crate::geometry::Geometry;
+use crate::map::resident::ResidentMap;
+use crate::runtime::AlignedBuf;
+
+/// How often the thread looks whether hydration is done or work arrived.
+const POLL: Duration = Duration::from_millis(200);
+
+pub struct Backfill {
+    /// Chunks filled but not indexed (the resident map's atomic bitmap, another meaning).
+    waiting: ResidentMap,
+    queued: AtomicU64,
+    indexed: AtomicU64,
+    /// Index what is left now, hydration done or not, then stop.
+    drain: AtomicBool,
+    stop: AtomicBool,
+    wake: (Mutex<()>, Condvar),
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Backfill {
+    /// Starts the indexing thread for `target`. `resident` tells it when hydration is done.
+    pub fn start(
+        index: Arc<DedupIndex>,
+        target: &Path,
+        geo: Geometry,
+        resident: Arc<ResidentMap>,
+    ) -> std::io::Result<Arc<Backfill>> {
+        let b = Arc::new(Backfill {
+            waiting: ResidentMap::new(geo.chunk_count),
+            queued: AtomicU64::new(0),
+            indexed: AtomicU64::new(0),
+            drain: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
+            thread: Mutex::new(None),
+        });
+        let me = b.clone();
+        let target = target.to_path_buf();
+        let t = std::thread::Builder::new()
+            .name("ferry-index".into())
+            .spawn(move || me.run(&index, &target, geo, &resident))?;
+        if let Ok(mut slot) = b.thread.lock() {
+            *slot = Some(t);
+        }
+        Ok(b)
+    }
+
+    /// `chunk` is on the target and its content has not been indexed.
+    pub fn later(&self, chunk: u64) {
+        if !self.waiting.is_set(chunk) {
+            self.waiting.set(chunk);
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Chunks waiting to be indexed.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Chunks indexed so far.
+    pub fn indexed(&self) -> u64 {
+        self.indexed.load(Ordering::Relaxed)
+    }
+
+    /// Ends the thread: with `drain`, after it indexed everything queued (cutover); without,
+    /// at the next chunk. Returns how many chunks were left unindexed.
+    pub fn finish(&self, drain: bool) -> u64 {
+        if drain {
+            self.drain.store(true, Ordering::Release);
+        } else {
+            self.stop.store(true, Ordering::Release);
+        }
+        self.wake.1.notify_all();
+        let t = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+        self.queued()
+    }
+
+    fn run(&self, index: &DedupIndex, target: &PathBuf, geo: Geometry, resident: &ResidentMap) {
+        if let Err(e) = crate::sys::idle_cpu_priority() {
+            tracing::debug!(error = %e, "indexer keeps normal CPU priority");
+        }
+        // O_DIRECT keeps a large volume's read-back out of the page cache; a file system
+        // without it (tmpfs) is read through the cache instead.
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(target);
+        let file = match direct.or_else(|_| std::fs::File::open(target)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(target = %target.display(), error = %e, "dedup indexer cannot read the target; unhashed chunks stay out of the index");
+                return;
+            }
+        };
+        let mut buf = AlignedBuf::new(geo.chunk_size_bytes as usize);
+        let mut logged = false;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let drain = self.drain.load(Ordering::Acquire);
+            if self.queued() > 0 && (drain || resident.is_full(geo.chunk_count)) {
+                if !logged {
+                    tracing::info!(chunks = self.queued(), "indexing unhashed chunks for dedup");
+                    logged = true;
+                }
+                self.pass(index, &file, geo, &mut buf);
+                continue;
+            }
+            if drain {
+                tracing::info!(chunks = self.indexed(), "dedup indexing done");
+                return;
+            }
+            let (lock, cv) = &self.wake;
+            if let Ok(g) = lock.lock() {
+                let _ = cv.wait_timeout(g, POLL);
+            }
+        }
+    }
+
+    /// Indexes every chunk queued when it passes, until told to stop.
+    fn pass(&self, index: &DedupIndex, file: &std::fs::File, geo: Geometry, buf: &mut AlignedBuf) {
+        let mut next = 0;
+        while let Some(chunk) = self.waiting.next_set(next) {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            next = chunk + 1;
+            self.waiting.clear(chunk);
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            let offset = geo.chunk_offset(chunk);
+            let len = geo.chunk_len(chunk) as usize;
+            // O_DIRECT reads whole blocks; a short last chunk reads up to the end of file.
+            let want = len.next_multiple_of(4096).min(buf.capacity());
+            buf.set_len(want);
+            match file.read_at(&mut buf[..], offset) {
+                Ok(n) if n >= len => {
+                    index.insert_own(super::digest(&buf[..len]), offset, len as u32);
+                    self.indexed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(n) => tracing::debug!(chunk, n, "short read of the target; not indexed"),
+                Err(e) => tracing::debug!(chunk, error = %e, "target read failed; not indexed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_hydration_then_indexes_what_the_target_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("t.img");
+        let cs = 65536u32;
+        // Three chunks, the last one short; chunk 1 never queued.
+        let size = 2 * u64::from(cs) + 12288;
+        let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&target, &content).expect("write target");
+        let geo = Geometry::new(size, cs, 1);
+        let index =
+            Arc::new(DedupIndex::open(&dir.path().join("i.sqlite"), &target, true).expect("index"));
+        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
+        let b = Backfill::start(index.clone(), &target, geo, resident.clone()).expect("start");
+        b.later(0);
+        b.later(2);
+        b.later(2);
+        assert_eq!(b.queued(), 2);
+        std::thread::sleep(POLL * 2);
+        assert_eq!(b.indexed(), 0, "indexed while hydration was still running");
+        (0..geo.chunk_count).for_each(|c| resident.set(c));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while b.indexed() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(b.finish(true), 0);
+        let chunk = |c: u64| {
+            let s = geo.chunk_offset(c) as usize;
+            &content[s..s + geo.chunk_len(c) as usize]
+        };
+        let at = |c: u64| index.lookup(&super::super::digest(chunk(c)), geo.chunk_len(c));
+        assert_eq!(at(0).map(|l| l.offset), Some(0));
+        assert_eq!(at(2).map(|l| l.offset), Some(2 * u64::from(cs)));
+        assert_eq!(at(1), None, "a chunk never queued was indexed");
+    }
+
+    #[test]
+    fn drain_indexes_before_hydration_is_done_and_stop_leaves_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("t.img");
+        let cs = 4096u32;
+        std::fs::write(&target, vec![5u8; 8 * cs as usize]).expect("write target");
+        let geo = Geometry::new(8 * u64::from(cs), cs, 1);
+        let index =
+            Arc::new(DedupIndex::open(&dir.path().join("i.sqlite"), &target, true).expect("index"));
+        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
+        let b = Backfill::start(index.clone(), &target, geo, resident.clone()).expect("start");
+        b.later(3);
+        assert_eq!(b.finish(true), 0, "drain left work");
+        assert!(index
+            .lookup(&super::super::digest(&[5u8; 4096]), cs)
+            .is_some());
+
+        let b = Backfill::start(index, &target, geo, resident).expect("start");
+        b.later(4);
+        assert_eq!(
+            b.finish(false),
+            1,
+            "stop must not wait for hydration or index"
+        );
+    }
+}
