@@ -417,6 +417,54 @@ fn a_clone_crosses_the_wire_as_references() {
     );
 }
 
+/// Chunks that arrived unhashed are indexed only after hydration, and that queue is not
+/// persisted: a frontend killed mid-migration must queue them again from the map when it
+/// restarts. A second migration of the same content with that index must then find it all.
+#[test]
+fn a_restart_queues_again_what_was_not_indexed() {
+    let root = test_dir("wan-reindex");
+    let src = root.path().join("source.img");
+    make_source(&src, 64 * MIB, 11);
+    let index = root.path().join("ferry-dedup.sqlite");
+    let opts = Opts::default()
+        .rate("8M")
+        .frontend_args(&["--dedup-index", index.to_str().unwrap()]);
+
+    let dir_a = root.path().join("a");
+    fs::create_dir_all(&dir_a).unwrap();
+    let mut a = Harness::start_backend_only(&dir_a, &src, opts);
+    a.start_frontend();
+    let before = a.wait_status("a third of the chunks present", MIGRATION_TIMEOUT, |s| {
+        get_u64(s, "chunks_present") * 3 >= get_u64(s, "chunks_total")
+    });
+    a.kill9_frontend();
+    a.start_frontend();
+    a.wait_status("no chunk untouched", MIGRATION_TIMEOUT, |s| {
+        get_u64(s, "chunks_untouched") == 0
+    });
+    // Cutover: the frontend indexes what is left before it exits.
+    a.cutover_wait();
+    a.stop_backend();
+    assert_files_equal(&src, &a.target);
+
+    let b = migrate(
+        &root.path().join("b"),
+        &src,
+        Opts::default().frontend_args(&["--dedup-index", index.to_str().unwrap()]),
+        None,
+        Share::Shared,
+    );
+    b.print("B (A's index, A killed and restarted)");
+    assert_files_equal(&src, &b.h.target);
+    assert!(
+        b.n("deduped_chunks") * 10 >= b.n("chunks_present") * 9,
+        "B found fewer than 90% of its chunks in A's index: the chunks A had before its \
+         kill -9 ({} present then) were not indexed after the restart. {}",
+        get_u64(&before, "chunks_present"),
+        b.done
+    );
+}
+
 /// `--eager-dedup`: the backend hashes every chunk even over loopback, so content repeated
 /// inside one volume (the sample's duplicated tree) crosses the wire once and is referenced
 /// after; without it, over loopback, every chunk travels as data and nothing is referenced.
