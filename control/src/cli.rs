@@ -613,6 +613,19 @@ fn print_status(st: &Status) {
                 st.queue_delay_us as f64 / 1000.0
             );
         }
+        if st.dedup_unindexed_chunks + st.dedup_backfilled_chunks > 0 {
+            let when = if st.chunks_untouched > 0 {
+                "after hydration"
+            } else {
+                "now, at idle priority"
+            };
+            println!(
+                "dedup       {} chunks came unhashed: {} indexed, {} to index {when}",
+                st.dedup_unindexed_chunks + st.dedup_backfilled_chunks,
+                st.dedup_backfilled_chunks,
+                st.dedup_unindexed_chunks
+            );
+        }
         let hit_rate = if st.prefetch_reads == 0 {
             "-".to_string()
         } else {

@@ -28,6 +28,7 @@ pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
         fetches_in_flight: shard.fetches_in_flight.get() as u64,
         unsynced_chunks: shard.unsynced(),
         qos_shared: shard.qos_shared,
+        backfill: shard.dedup.as_ref().and_then(|d| d.backfill_numbers()),
         cap: {
             let c = &shard.background_cap;
             let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);

@@ -61,6 +61,11 @@ impl CoreDedup {
         }
     }
 
+    /// The indexer's (queued, indexed) chunks, if chunks may arrive unhashed.
+    pub fn backfill_numbers(&self) -> Option<(u64, u64)> {
+        self.backfill.as_ref().map(|b| (b.queued(), b.indexed()))
+    }
+
     /// `chunk` is on our target and arrived without a digest ([`dedup::DigestHint::Later`]).
     pub fn later(&self, chunk: u64) {
         if let Some(b) = &self.backfill {

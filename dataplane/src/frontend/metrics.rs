@@ -108,7 +108,12 @@ pub fn render(st: &Status) -> String {
         e.family(name, Kind::Counter, help)
             .sample(name, &v, n as f64);
     }
-    let gauges: [(&str, &str, u64); 7] = [
+    let gauges: [(&str, &str, u64); 8] = [
+        (
+            "ferry_frontend_dedup_unindexed_chunks",
+            "Chunks that arrived unhashed and wait for the dedup indexer (runs after hydration).",
+            st.dedup_unindexed_chunks,
+        ),
         (
             "ferry_frontend_background_window_chunks",
             "Background chunks allowed outstanding (the delay-based window, all cores).",

@@ -82,6 +82,12 @@ pub struct Status {
     pub base_rtt_us: u64,
     #[serde(default)]
     pub queue_delay_us: u64,
+    /// Chunks that arrived unhashed (fast link) and wait for the dedup indexer, which runs
+    /// once hydration is done (`crate::dedup::backfill`); and those it has indexed so far.
+    #[serde(default)]
+    pub dedup_unindexed_chunks: u64,
+    #[serde(default)]
+    pub dedup_backfilled_chunks: u64,
     /// Prefetch (`crate::prefetch`): the class the background's last batch came from
     /// (`recording`, `sequence`, `fs-metadata`, `neighbours`, `in-order`; `starting` before
     /// the first batch, `done` once nothing is untouched; empty when not running).
@@ -162,6 +168,8 @@ pub struct ShardNumbers {
     pub ref_misses: u64,
     /// A running shard's background window: (window, outstanding, base RTT µs, queue delay µs).
     pub cap: Option<(u64, u64, u64, u64)>,
+    /// The frontend's dedup indexer (one for all cores): (queued, indexed).
+    pub backfill: Option<(u64, u64)>,
     pub qos_shared: bool,
 }
 
@@ -188,6 +196,11 @@ impl Status {
         self.fetches_in_flight += n.fetches_in_flight;
         self.unsynced_chunks += n.unsynced_chunks;
         self.unsynced_bytes = self.unsynced_chunks * u64::from(self.chunk_size_bytes);
+        // One indexer for all shards: every shard reports the same numbers.
+        if let Some((queued, indexed)) = n.backfill {
+            self.dedup_unindexed_chunks = queued;
+            self.dedup_backfilled_chunks = indexed;
+        }
         // Only a running frontend knows its mode and window.
         if let Some((window, outstanding, rtt, delay)) = n.cap {
             self.qos = if n.qos_shared { "shared" } else { "separate" }.into();
