@@ -177,6 +177,17 @@ impl Backfill {
     }
 }
 
+/// Stops the indexer when dropped: a frontend that fails after starting it must not leave
+/// the thread behind (its own `Arc` keeps it alive otherwise). After [`Backfill::finish`] it
+/// does nothing.
+pub struct StopOnDrop(pub Arc<Backfill>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.finish(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +252,20 @@ mod tests {
             1,
             "stop must not wait for hydration or index"
         );
+
+        // A frontend that fails after starting the indexer drops the guard: the thread ends.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let index = Arc::new(
+            DedupIndex::open(&dir2.path().join("i.sqlite"), &target, true).expect("index"),
+        );
+        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
+        let b = Backfill::start(index, &target, geo, resident).expect("start");
+        b.later(5);
+        drop(StopOnDrop(b.clone()));
+        assert!(
+            b.thread.lock().expect("lock").is_none(),
+            "the indexer thread outlived its guard"
+        );
+        assert_eq!(b.queued(), 1);
     }
 }

@@ -27,8 +27,8 @@ pub const FETCH_ATTEMPTS_MAX: u32 = 4;
 pub const FETCH_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Fill {
-    /// With what is known of the content's SHA-256 (sent by the backend, or checked while
-    /// resolving a reference, needs no hashing here).
+    /// With what is known of the content's SHA-256: a `Known` digest (sent by the backend,
+    /// or checked while resolving a reference) needs no hashing here.
     Data(AlignedBuf, DigestHint),
     Zero,
     /// Content this machine holds, named by digest (dedup).

@@ -246,6 +246,7 @@ pub fn run(
         }
         _ => None,
     };
+    let _stop_indexer = backfill.clone().map(crate::dedup::backfill::StopOnDrop);
 
     let recorder = match &cfg.record {
         Some(path) => Some(start_recording(&cfg, path, info.size_bytes)?),
