@@ -192,6 +192,18 @@ impl Drop for StopOnDrop {
 mod tests {
     use super::*;
 
+    /// An index in `dir`, an empty resident map and an indexer on `target`.
+    fn start_on(
+        dir: &Path,
+        target: &Path,
+        geo: Geometry,
+    ) -> (Arc<DedupIndex>, Arc<ResidentMap>, Arc<Backfill>) {
+        let index = Arc::new(DedupIndex::open(&dir.join("i.sqlite"), target, true).expect("index"));
+        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
+        let b = Backfill::start(index.clone(), target, geo, resident.clone()).expect("start");
+        (index, resident, b)
+    }
+
     #[test]
     fn waits_for_hydration_then_indexes_what_the_target_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -202,10 +214,7 @@ mod tests {
         let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&target, &content).expect("write target");
         let geo = Geometry::new(size, cs, 1);
-        let index =
-            Arc::new(DedupIndex::open(&dir.path().join("i.sqlite"), &target, true).expect("index"));
-        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
-        let b = Backfill::start(index.clone(), &target, geo, resident.clone()).expect("start");
+        let (index, resident, b) = start_on(dir.path(), &target, geo);
         b.later(0);
         b.later(2);
         b.later(2);
@@ -235,17 +244,14 @@ mod tests {
         let cs = 4096u32;
         std::fs::write(&target, vec![5u8; 8 * cs as usize]).expect("write target");
         let geo = Geometry::new(8 * u64::from(cs), cs, 1);
-        let index =
-            Arc::new(DedupIndex::open(&dir.path().join("i.sqlite"), &target, true).expect("index"));
-        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
-        let b = Backfill::start(index.clone(), &target, geo, resident.clone()).expect("start");
+        let (index, resident, b) = start_on(dir.path(), &target, geo);
         b.later(3);
         assert_eq!(b.finish(true), 0, "drain left work");
         assert!(index
             .lookup(&super::super::digest(&[5u8; 4096]), cs)
             .is_some());
 
-        let b = Backfill::start(index, &target, geo, resident).expect("start");
+        let b = Backfill::start(index.clone(), &target, geo, resident.clone()).expect("start");
         b.later(4);
         assert_eq!(
             b.finish(false),
@@ -254,11 +260,6 @@ mod tests {
         );
 
         // A frontend that fails after starting the indexer drops the guard: the thread ends.
-        let dir2 = tempfile::tempdir().expect("tempdir");
-        let index = Arc::new(
-            DedupIndex::open(&dir2.path().join("i.sqlite"), &target, true).expect("index"),
-        );
-        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
         let b = Backfill::start(index, &target, geo, resident).expect("start");
         b.later(5);
         drop(StopOnDrop(b.clone()));
