@@ -613,6 +613,14 @@ fn print_status(st: &Status) {
                 st.queue_delay_us as f64 / 1000.0
             );
         }
+        if st.deduped_chunks + st.deduped_blocks > 0 {
+            println!(
+                "dedup       copied here instead of sent: {} whole chunks, {} 4 KiB blocks of others; {} references missed and refetched",
+                st.deduped_chunks,
+                st.deduped_blocks,
+                st.ref_misses + st.block_ref_misses
+            );
+        }
         if st.dedup_unindexed_chunks + st.dedup_backfilled_chunks > 0 {
             let when = if st.chunks_untouched > 0 {
                 "after hydration"

@@ -74,6 +74,18 @@ pub const CAP_DIGESTS: u64 = 1 << 2;
 /// that does not pay (the link is faster than SHA-256 and the frontend announced nothing), and
 /// a plain `ChunkData` it sends is content it did not hash and will never reference.
 pub const CAP_LAZY_INDEX: u64 = 1 << 3;
+/// Capability bit (with [`CAP_REFS`]): the backend may answer with `ChunkPieces`, sending
+/// only the [`BLOCK_LEN`] blocks of a chunk it has not sent before and naming the others by
+/// where in the volume it already sent the same content (file copies in a file system are
+/// block-aligned, not chunk-aligned). Like every dedup hint, a named block is used only after
+/// it hashes to its digest again.
+pub const CAP_BLOCK_REFS: u64 = 1 << 4;
+/// The unit of `ChunkPieces`: a file system block.
+pub const BLOCK_LEN: usize = 4096;
+/// Most block references in one `ChunkPieces` (a chunk of the largest size).
+pub const MAX_BLOCK_REFS: usize = MAX_DATA_LEN / BLOCK_LEN;
+/// Bytes of one block reference: `block u16, offset u64, digest [u8; 32]`.
+pub const BLOCK_REF_LEN: usize = 2 + 8 + DIGEST_LEN;
 /// Bit 7 of a `Fetch`'s class byte: answer with data, never with a `ChunkRef` (the frontend
 /// could not use a reference it was given for these chunks).
 const FETCH_NO_REFS: u8 = 0x80;
@@ -93,6 +105,9 @@ const BULK_PREFIX_LEN: usize = 12;
 const ZSTD_PREFIX_LEN: usize = 20;
 /// `handle u32, chunk u64, digest [u8; 32]` in front of digested data.
 const DIGEST_PREFIX_LEN: usize = 12 + DIGEST_LEN;
+/// `handle u32, chunk u64, raw_len u32, lit_crc u32, zstd u8, count u16` in front of the
+/// block references of a `ChunkPieces`.
+const PIECES_PREFIX_LEN: usize = 23;
 
 /// Errors from decoding or encoding Ferry frames.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -189,11 +204,14 @@ pub enum Kind {
     Qos,
     /// 0x13, a chunk's data with the SHA-256 of its content (only with [`CAP_DIGESTS`]).
     ChunkDataDigest,
+    /// 0x14, a chunk as new blocks plus references to blocks sent before (only with
+    /// [`CAP_BLOCK_REFS`]).
+    ChunkPieces,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Open,
@@ -213,6 +231,7 @@ impl Kind {
         Kind::ChunkRef,
         Kind::Qos,
         Kind::ChunkDataDigest,
+        Kind::ChunkPieces,
     ];
 
     /// The stable wire code.
@@ -237,6 +256,7 @@ impl Kind {
             Kind::ChunkRef => 0x11,
             Kind::Qos => 0x12,
             Kind::ChunkDataDigest => 0x13,
+            Kind::ChunkPieces => 0x14,
         }
     }
 
@@ -262,6 +282,7 @@ impl Kind {
             0x11 => Kind::ChunkRef,
             0x12 => Kind::Qos,
             0x13 => Kind::ChunkDataDigest,
+            0x14 => Kind::ChunkPieces,
             _ => return None,
         })
     }
@@ -614,6 +635,67 @@ pub enum Frame<'a> {
         /// Chunk contents (the last chunk of a volume may be short).
         data: &'a [u8],
     },
+    /// `handle u32, chunk u64, raw_len u32 (1..=1 MiB), lit_crc u32, zstd u8 (0/1), count u16
+    /// (1..=256), count × (block u16, offset u64, digest [u8; 32]), data` (rest of the
+    /// payload). The chunk's content is `raw_len` bytes cut into [`BLOCK_LEN`] blocks: the
+    /// blocks listed (strictly ascending, each whole inside `raw_len`) hold the content the
+    /// volume has at `offset` (a multiple of `BLOCK_LEN`), whose SHA-256 is `digest`; the
+    /// others, in order, are the literal bytes, `raw_len - count × BLOCK_LEN` of them, which
+    /// `data` carries as is or, with `zstd` = 1, as a zstd frame. `lit_crc` is the crc32c of
+    /// the literal bytes (checked after decompression). All blocks named: no data, `zstd` 0.
+    ChunkPieces {
+        /// Volume handle.
+        handle: u32,
+        /// Chunk index.
+        chunk: u64,
+        /// Length of the chunk's content.
+        raw_len: u32,
+        /// crc32c of the literal bytes, uncompressed.
+        lit_crc: u32,
+        /// `data` is a zstd frame of the literal bytes.
+        zstd: bool,
+        /// `count × BLOCK_REF_LEN` bytes, checked; read them with [`block_refs`].
+        refs: &'a [u8],
+        /// The literal bytes (or their zstd frame); empty when every block is named.
+        data: &'a [u8],
+    },
+}
+
+/// One block of a `ChunkPieces` named by where the volume already sent its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Index of the block in the chunk.
+    pub block: u16,
+    /// Volume offset of a block with the same content (a multiple of [`BLOCK_LEN`]).
+    pub offset: u64,
+    /// SHA-256 of the block's content.
+    pub digest: [u8; DIGEST_LEN],
+}
+
+impl BlockRef {
+    /// Appends the wire form (`BLOCK_REF_LEN` bytes).
+    pub fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.block.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.digest);
+    }
+}
+
+/// The references of a `ChunkPieces` (`refs` as the decoder checked it).
+pub fn block_refs(refs: &[u8]) -> impl Iterator<Item = BlockRef> + '_ {
+    refs.chunks_exact(BLOCK_REF_LEN).map(|r| {
+        let mut block = [0u8; 2];
+        block.copy_from_slice(&r[..2]);
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&r[2..10]);
+        let mut digest = [0u8; DIGEST_LEN];
+        digest.copy_from_slice(&r[10..]);
+        BlockRef {
+            block: u16::from_be_bytes(block),
+            offset: u64::from_be_bytes(offset),
+            digest,
+        }
+    })
 }
 
 impl<'a> Frame<'a> {
@@ -639,6 +721,7 @@ impl<'a> Frame<'a> {
             Frame::ChunkRef { .. } => Kind::ChunkRef,
             Frame::Qos { .. } => Kind::Qos,
             Frame::ChunkDataDigest { .. } => Kind::ChunkDataDigest,
+            Frame::ChunkPieces { .. } => Kind::ChunkPieces,
         }
     }
 
@@ -710,6 +793,25 @@ impl<'a> Frame<'a> {
                 data,
             } => {
                 encode_chunk_zstd_prefix(id, handle, chunk, raw_len, raw_crc, data, out)?;
+                out.extend_from_slice(data);
+                return Ok(());
+            }
+            Frame::ChunkPieces {
+                handle,
+                chunk,
+                raw_len,
+                lit_crc,
+                zstd,
+                refs,
+                data,
+            } => {
+                let pieces = Pieces {
+                    raw_len,
+                    lit_crc,
+                    zstd,
+                    refs,
+                };
+                encode_chunk_pieces_prefix(id, handle, chunk, &pieces, data, out)?;
                 out.extend_from_slice(data);
                 return Ok(());
             }
@@ -880,6 +982,7 @@ impl<'a> Frame<'a> {
             Frame::ChunkData { .. }
             | Frame::ChunkDataDigest { .. }
             | Frame::WriteBack { .. }
+            | Frame::ChunkPieces { .. }
             | Frame::ChunkZstd { .. } => {
                 // Handled by the prefix encoders in `encode`; kept here for exhaustiveness.
                 return Err(WireError::Invalid {
@@ -961,6 +1064,83 @@ pub fn encode_chunk_zstd_prefix(
     Ok(())
 }
 
+/// The fixed fields of a `ChunkPieces` (see [`Frame::ChunkPieces`]); `refs` already in wire
+/// form ([`BlockRef::put`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Pieces<'a> {
+    /// Length of the chunk's content.
+    pub raw_len: u32,
+    /// crc32c of the literal bytes, uncompressed.
+    pub lit_crc: u32,
+    /// The data is a zstd frame of the literal bytes.
+    pub zstd: bool,
+    /// `count × BLOCK_REF_LEN` bytes.
+    pub refs: &'a [u8],
+}
+
+/// Writes header + fixed fields + block references of a `ChunkPieces` frame into `out`, with
+/// the crc already covering `data`; the caller then sends `out` followed by `data`.
+pub fn encode_chunk_pieces_prefix(
+    id: u64,
+    handle: u32,
+    chunk: u64,
+    pieces: &Pieces<'_>,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    check_pieces(pieces, data)?;
+    let mut fixed = Vec::with_capacity(PIECES_PREFIX_LEN + pieces.refs.len());
+    fixed.extend_from_slice(&handle.to_be_bytes());
+    fixed.extend_from_slice(&chunk.to_be_bytes());
+    fixed.extend_from_slice(&pieces.raw_len.to_be_bytes());
+    fixed.extend_from_slice(&pieces.lit_crc.to_be_bytes());
+    fixed.push(u8::from(pieces.zstd));
+    // <= MAX_BLOCK_REFS, checked above.
+    fixed.extend_from_slice(&((pieces.refs.len() / BLOCK_REF_LEN) as u16).to_be_bytes());
+    fixed.extend_from_slice(pieces.refs);
+    write_prefix(Kind::ChunkPieces, id, &fixed, data, out);
+    Ok(())
+}
+
+/// Every rule of [`Frame::ChunkPieces`] that the frame alone can check.
+fn check_pieces(p: &Pieces<'_>, data: &[u8]) -> Result<(), WireError> {
+    let invalid = |what| Err(WireError::Invalid { what });
+    if !(1..=MAX_DATA_LEN as u32).contains(&p.raw_len) {
+        return invalid("pieces raw_len not in 1..=MAX_DATA_LEN");
+    }
+    let count = p.refs.len() / BLOCK_REF_LEN;
+    if !p.refs.len().is_multiple_of(BLOCK_REF_LEN) || !(1..=MAX_BLOCK_REFS).contains(&count) {
+        return invalid("pieces reference count not in 1..=MAX_BLOCK_REFS");
+    }
+    let blocks = p.raw_len as usize / BLOCK_LEN;
+    let mut next = 0usize;
+    for r in block_refs(p.refs) {
+        let block = usize::from(r.block);
+        if block < next {
+            return invalid("pieces block references not strictly ascending");
+        }
+        if block >= blocks {
+            return invalid("pieces block reference past the chunk's whole blocks");
+        }
+        if !r.offset.is_multiple_of(BLOCK_LEN as u64)
+            || r.offset.checked_add(BLOCK_LEN as u64).is_none()
+        {
+            return invalid("pieces block offset not a block boundary");
+        }
+        next = block + 1;
+    }
+    // count <= blocks, so this cannot underflow.
+    let literal = p.raw_len as usize - count * BLOCK_LEN;
+    match (literal, p.zstd) {
+        (0, false) if data.is_empty() => Ok(()),
+        (0, _) => invalid("pieces with every block named carry data"),
+        (_, false) if data.len() == literal => Ok(()),
+        (_, false) => invalid("pieces literal length does not match raw_len"),
+        (_, true) if !data.is_empty() && data.len() <= MAX_DATA_LEN => Ok(()),
+        (_, true) => invalid("pieces zstd frame empty or larger than MAX_DATA_LEN"),
+    }
+}
+
 fn encode_bulk_prefix(
     kind: Kind,
     id: u64,
@@ -981,7 +1161,10 @@ fn encode_bulk_prefix(
 /// `data.len() <= MAX_DATA_LEN` must have been checked: with at most 44 fixed bytes the payload
 /// then fits MAX_PAYLOAD.
 fn write_prefix(kind: Kind, id: u64, fixed: &[u8], data: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(data.len() <= MAX_DATA_LEN && fixed.len() <= DIGEST_PREFIX_LEN);
+    debug_assert!(
+        data.len() <= MAX_DATA_LEN
+            && fixed.len() <= PIECES_PREFIX_LEN + MAX_BLOCK_REFS * BLOCK_REF_LEN
+    );
     let payload_len = (fixed.len() + data.len()) as u32;
     let mut crc = crc32c::crc32c(&covered_prefix(kind, id, payload_len));
     crc = crc32c::crc32c_append(crc, fixed);
@@ -1215,6 +1398,52 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             handle: get_u32(&mut r, "handle")?,
             background_floor_bytes_per_s: get_u64(&mut r, "background floor")?,
         },
+        Kind::ChunkPieces => {
+            let handle = get_u32(&mut r, "handle")?;
+            let chunk = get_u64(&mut r, "chunk")?;
+            let raw_len = get_u32(&mut r, "pieces raw_len")?;
+            let lit_crc = get_u32(&mut r, "pieces lit_crc")?;
+            let zstd = match r.u8() {
+                Some(0) => false,
+                Some(1) => true,
+                Some(_) => {
+                    return Err(WireError::Invalid {
+                        what: "pieces zstd flag not 0 or 1",
+                    })
+                }
+                None => {
+                    return Err(WireError::Truncated {
+                        what: "pieces zstd flag",
+                    })
+                }
+            };
+            let count = usize::from(get_u16(&mut r, "pieces count")?);
+            if !(1..=MAX_BLOCK_REFS).contains(&count) {
+                return Err(WireError::Invalid {
+                    what: "pieces reference count not in 1..=MAX_BLOCK_REFS",
+                });
+            }
+            let refs = r.bytes(count * BLOCK_REF_LEN).ok_or(WireError::Truncated {
+                what: "pieces block references",
+            })?;
+            let data = r.rest();
+            let pieces = Pieces {
+                raw_len,
+                lit_crc,
+                zstd,
+                refs,
+            };
+            check_pieces(&pieces, data)?;
+            Frame::ChunkPieces {
+                handle,
+                chunk,
+                raw_len,
+                lit_crc,
+                zstd,
+                refs,
+                data,
+            }
+        }
     };
     if !r.is_empty() {
         return Err(WireError::TrailingBytes { kind });
@@ -1350,13 +1579,98 @@ mod tests {
             assert_eq!(Kind::from_code(k.code()), Some(*k));
         }
         assert_eq!(Kind::from_code(0), None);
-        assert_eq!(Kind::from_code(0x14), None);
+        assert_eq!(Kind::from_code(0x14), Some(Kind::ChunkPieces));
+        assert_eq!(Kind::from_code(0x15), None);
         assert_eq!(Class::from_code(0), None);
         assert_eq!(Class::from_code(3), None);
         for c in 0..=20u16 {
             assert_eq!(ErrorCode::from_code(c).code(), c);
         }
         assert_eq!(ErrorCode::VersionMismatch.code(), 8);
+    }
+
+    fn pieces_frame(raw_len: u32, refs: &[(u16, u64)], zstd: bool, data: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for &(block, offset) in refs {
+            BlockRef {
+                block,
+                offset,
+                digest: [block as u8; DIGEST_LEN],
+            }
+            .put(&mut wire);
+        }
+        // Built by hand, past the encoder's checks, as a hostile peer would.
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&7u32.to_be_bytes());
+        payload.extend_from_slice(&3u64.to_be_bytes());
+        payload.extend_from_slice(&raw_len.to_be_bytes());
+        payload.extend_from_slice(&0u32.to_be_bytes());
+        payload.push(u8::from(zstd));
+        payload.extend_from_slice(&(refs.len() as u16).to_be_bytes());
+        payload.extend_from_slice(&wire);
+        payload.extend_from_slice(data);
+        let mut h = Header {
+            kind: Kind::ChunkPieces,
+            id: 1,
+            payload_len: payload.len() as u32,
+            crc: 0,
+        };
+        h.crc = h.compute_crc(&payload);
+        let mut out = h.encode().to_vec();
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    #[test]
+    fn pieces_rules_are_enforced() {
+        let b = BLOCK_LEN as u64;
+        let ok = |raw_len, refs: &[(u16, u64)], zstd, data: &[u8]| {
+            decode_from(&pieces_frame(raw_len, refs, zstd, data)).map(|f| f.map(|(f, _)| f.kind()))
+        };
+        // Two blocks, the second named: 4096 literal bytes.
+        assert_eq!(
+            ok(8192, &[(1, 5 * b)], false, &[1; 4096]),
+            Ok(Some(Kind::ChunkPieces))
+        );
+        // Every block named: no data.
+        assert_eq!(
+            ok(8192, &[(0, 0), (1, b)], false, &[]),
+            Ok(Some(Kind::ChunkPieces))
+        );
+        // A short tail is literal; it cannot be named.
+        assert_eq!(
+            ok(4100, &[(0, b)], false, &[9; 4]),
+            Ok(Some(Kind::ChunkPieces))
+        );
+        let bad = [
+            ok(8192, &[(1, 5 * b)], false, &[1; 4095]),
+            ok(8192, &[(0, 0), (1, b)], false, &[1]),
+            ok(8192, &[(0, 0), (1, b)], true, &[]),
+            ok(8192, &[(1, 0), (0, b)], false, &[]),
+            ok(8192, &[(1, 0), (1, b)], false, &[]),
+            ok(4100, &[(1, b)], false, &[]),
+            ok(8192, &[(0, 100)], false, &[1; 4096]),
+            ok(8192, &[(0, u64::MAX - b + 1)], false, &[1; 4096]),
+            ok(0, &[(0, 0)], false, &[]),
+            ok(8192, &[], false, &[1; 8192]),
+            ok(8192, &[(0, 0)], true, &[]),
+        ];
+        for (i, r) in bad.iter().enumerate() {
+            assert!(
+                matches!(r, Err(WireError::Invalid { .. })),
+                "case {i}: {r:?}"
+            );
+        }
+        let mut flag2 = pieces_frame(8192, &[(1, 5 * b)], false, &[1; 4096]);
+        flag2[HEADER_LEN + 20] = 2;
+        let payload_crc = Header::decode(flag2[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let mut h = payload_crc;
+        h.crc = h.compute_crc(&flag2[HEADER_LEN..]);
+        flag2[..HEADER_LEN].copy_from_slice(&h.encode());
+        assert!(matches!(
+            decode_from(&flag2),
+            Err(WireError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -19,6 +19,13 @@ fn corpus(target: &str) -> PathBuf {
 fn frame_seeds() -> Seeds {
     let data = [0xA5u8; 64];
     let digests = [0x3Cu8; 64];
+    let mut block_refs = Vec::new();
+    frame::BlockRef {
+        block: 0,
+        offset: 1 << 20,
+        digest: [0x77; 32],
+    }
+    .put(&mut block_refs);
     let frames = [
         (
             "hello",
@@ -141,6 +148,18 @@ fn frame_seeds() -> Seeds {
                 handle: 1,
                 chunk: 5,
                 digest: [0xA5; 32],
+                data: &data,
+            },
+        ),
+        (
+            "chunk_pieces",
+            Frame::ChunkPieces {
+                handle: 1,
+                chunk: 6,
+                raw_len: frame::BLOCK_LEN as u32 + 64,
+                lit_crc: 0,
+                zstd: false,
+                refs: &block_refs,
                 data: &data,
             },
         ),

@@ -79,7 +79,7 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
         chunks_sent: Cell::new(0),
         zero_chunks_sent: Cell::new(0),
         bytes_sent: Cell::new(0),
-        encoder: RefCell::new(Encoder::new(false, false, false)),
+        encoder: RefCell::new(Encoder::new(false, false, false, false)),
         send_digests: Cell::new(false),
         metrics: metrics.clone(),
     });
@@ -96,6 +96,8 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
                 raw_chunks = st.raw_chunks,
                 zstd_chunks = st.zstd_chunks,
                 ref_chunks = st.ref_chunks,
+                piece_chunks = st.piece_chunks,
+                piece_blocks = st.piece_blocks,
                 logical_bytes = st.logical_bytes,
                 wire_bytes = st.wire_bytes,
                 zstd_level = conn.encoder.borrow().level(),
@@ -157,6 +159,7 @@ impl Conn {
                         caps & frame::CAP_ZSTD != 0,
                         caps & frame::CAP_REFS != 0,
                         caps & frame::CAP_LAZY_INDEX != 0,
+                        caps & frame::CAP_BLOCK_REFS != 0,
                     );
                     self.send_digests.set(caps & frame::CAP_DIGESTS != 0);
                     self.send_frame(
@@ -550,7 +553,8 @@ impl Conn {
                     } else {
                         let raw = &buf[start..end];
                         let logical = raw.len() as u64;
-                        match encoder.encode(raw, allow_refs, allow_zstd) {
+                        let sent = Some((&vol.sent, offset + start as u64));
+                        match encoder.encode(raw, sent, allow_refs, allow_zstd) {
                             Encoded::Raw(digest) => {
                                 self.metrics.chunk(class, Form::Raw, logical, logical);
                                 match digest.filter(|_| self.send_digests.get()) {
@@ -584,6 +588,37 @@ impl Conn {
                                     chunk + k,
                                     raw.len() as u32,
                                     raw_crc,
+                                    data,
+                                    &mut head,
+                                )?;
+                                head.extend_from_slice(data);
+                                parts.push((false, h0..head.len()));
+                                data_bytes += data.len() as u64;
+                            }
+                            Encoded::Pieces {
+                                refs,
+                                data,
+                                zstd,
+                                lit_crc,
+                                raw_len,
+                            } => {
+                                self.metrics.chunk(
+                                    class,
+                                    Form::Pieces,
+                                    logical,
+                                    (refs.len() + data.len()) as u64,
+                                );
+                                let pieces = frame::Pieces {
+                                    raw_len,
+                                    lit_crc,
+                                    zstd,
+                                    refs,
+                                };
+                                frame::encode_chunk_pieces_prefix(
+                                    id,
+                                    handle,
+                                    chunk + k,
+                                    &pieces,
                                     data,
                                     &mut head,
                                 )?;

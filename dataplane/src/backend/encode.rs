@@ -17,6 +17,10 @@
 //!
 //! References ([`wire_format::frame::CAP_REFS`]): a chunk whose SHA-256 the frontend
 //! announced, or that this connection already carried, goes out as a 32-byte `ChunkRef`.
+//! With [`wire_format::frame::CAP_BLOCK_REFS`], a chunk that is not repeated whole is looked
+//! at block by block ([`super::blocks`]): if some of its 4 KiB blocks went out before, it goes
+//! as `ChunkPieces`, those blocks named by where they went and the rest literal (compressed
+//! on the same terms as a whole chunk).
 //!
 //! **Hashing pays on the same terms as compression.** SHA-256 runs at about 1.5 GB/s a core
 //! (SHA-NI), slower than a loopback or 10 Gbit/s link carries the chunk. With a frontend that
@@ -28,7 +32,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use wire_format::frame::DIGEST_LEN;
+use wire_format::frame::{BlockRef, BLOCK_LEN, DIGEST_LEN};
+
+use super::blocks::SentBlocks;
 
 /// Most digests remembered per connection (announced plus carried): 4M × 32 bytes, about
 /// 200 MiB with the set's overhead. Beyond it new content is still sent, only not referenced;
@@ -74,6 +80,14 @@ pub enum Encoded<'a> {
     Zstd { data: &'a [u8], raw_crc: u32 },
     /// Send only the digest.
     Ref([u8; DIGEST_LEN]),
+    /// Send named blocks (`refs`, in wire form) and the literal rest (`data`, zstd or not).
+    Pieces {
+        refs: &'a [u8],
+        data: &'a [u8],
+        zstd: bool,
+        lit_crc: u32,
+        raw_len: u32,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,6 +95,9 @@ pub struct EncodeStats {
     pub raw_chunks: u64,
     pub zstd_chunks: u64,
     pub ref_chunks: u64,
+    pub piece_chunks: u64,
+    /// Blocks that `ChunkPieces` named instead of sending.
+    pub piece_blocks: u64,
     pub logical_bytes: u64,
     pub wire_bytes: u64,
 }
@@ -91,6 +108,11 @@ pub struct Encoder {
     refs: Option<HashSet<[u8; DIGEST_LEN]>>,
     /// The frontend indexes unhashed chunks later: hash only while it pays.
     lazy: bool,
+    /// The frontend takes `ChunkPieces`.
+    block_refs: bool,
+    /// Scratch for `ChunkPieces`: the references and the literal blocks.
+    piece_refs: Vec<u8>,
+    literal: Vec<u8>,
     /// The frontend announced content it holds.
     announced: bool,
     /// The last window found the link the bottleneck (hysteresis: BUSY_HIGH on, BUSY_LOW off).
@@ -135,9 +157,9 @@ impl Window {
 }
 
 impl Encoder {
-    /// `lazy`: the frontend offered [`wire_format::frame::CAP_LAZY_INDEX`] (meaningful with
-    /// `refs`).
-    pub fn new(zstd: bool, refs: bool, lazy: bool) -> Encoder {
+    /// `lazy`: the frontend offered [`wire_format::frame::CAP_LAZY_INDEX`], `block_refs`
+    /// [`wire_format::frame::CAP_BLOCK_REFS`] (both meaningful with `refs`).
+    pub fn new(zstd: bool, refs: bool, lazy: bool, block_refs: bool) -> Encoder {
         let zstd = if zstd {
             match zstd::bulk::Compressor::new(LEVELS[0])
                 .and_then(|ctx| Ok((ctx, zstd::bulk::Compressor::new(1)?)))
@@ -165,6 +187,9 @@ impl Encoder {
             zstd,
             refs: refs.then(HashSet::new),
             lazy,
+            block_refs,
+            piece_refs: Vec::new(),
+            literal: Vec::new(),
             announced: false,
             bound: false,
             window: Window::new(),
@@ -214,7 +239,14 @@ impl Encoder {
     /// Chooses the wire form of one non-zero chunk. `allow_ref` is false when the frontend
     /// asked for data (it could not use a reference), `allow_zstd` false when it said it is
     /// the bottleneck itself (its receive buffer is full), so compression cannot help.
-    pub fn encode(&mut self, raw: &[u8], allow_ref: bool, allow_zstd: bool) -> Encoded<'_> {
+    /// `sent`: the volume's table of blocks sent before, and this chunk's volume offset.
+    pub fn encode(
+        &mut self,
+        raw: &[u8],
+        sent: Option<(&SentBlocks, u64)>,
+        allow_ref: bool,
+        allow_zstd: bool,
+    ) -> Encoded<'_> {
         self.stats.logical_bytes += raw.len() as u64;
         self.window.raw_bytes += raw.len() as u64;
         let mut digest = None;
@@ -231,6 +263,11 @@ impl Encoder {
             }
             if set.len() < REFS_MAX {
                 set.insert(d);
+            }
+            if let Some((table, offset)) = sent.filter(|_| allow_ref && self.block_refs) {
+                if self.split(raw, table, offset) {
+                    return self.pieces(raw.len(), allow_zstd);
+                }
             }
         }
         let Some(z) = self.zstd.as_mut().filter(|_| allow_zstd) else {
@@ -252,6 +289,71 @@ impl Encoder {
                 self.stats.wire_bytes += raw.len() as u64;
                 Encoded::Raw(digest)
             }
+        }
+    }
+
+    /// Looks the chunk's blocks up in `table`: true, with `piece_refs` and `literal` filled,
+    /// if any of them was sent before.
+    fn split(&mut self, raw: &[u8], table: &SentBlocks, offset: u64) -> bool {
+        let whole = raw.len() / BLOCK_LEN;
+        let digests: Vec<Option<[u8; DIGEST_LEN]>> = raw
+            .chunks_exact(BLOCK_LEN)
+            .map(|b| (!super::conn::is_zero(b)).then(|| crate::dedup::digest(b)))
+            .collect();
+        let found = table.find_or_remember(offset, &digests);
+        if found.iter().all(Option::is_none) {
+            return false;
+        }
+        self.piece_refs.clear();
+        self.literal.clear();
+        for (i, (at, d)) in found.iter().zip(&digests).enumerate() {
+            let block = &raw[i * BLOCK_LEN..(i + 1) * BLOCK_LEN];
+            match (at, d) {
+                (Some(at), Some(digest)) => BlockRef {
+                    // A chunk has at most MAX_BLOCK_REFS (256) blocks.
+                    block: i as u16,
+                    offset: *at,
+                    digest: *digest,
+                }
+                .put(&mut self.piece_refs),
+                _ => self.literal.extend_from_slice(block),
+            }
+        }
+        self.literal.extend_from_slice(&raw[whole * BLOCK_LEN..]);
+        true
+    }
+
+    /// The `ChunkPieces` that `split` prepared, its literal compressed when that pays.
+    fn pieces(&mut self, raw_len: usize, allow_zstd: bool) -> Encoded<'_> {
+        let named = self.piece_refs.len() / wire_format::frame::BLOCK_REF_LEN;
+        self.stats.piece_chunks += 1;
+        self.stats.piece_blocks += named as u64;
+        let lit_crc = crc32c::crc32c(&self.literal);
+        // A chunk is at most MAX_DATA_LEN (1 MiB).
+        let raw_len = raw_len as u32;
+        if let Some(z) = self
+            .zstd
+            .as_mut()
+            .filter(|_| allow_zstd && !self.literal.is_empty())
+        {
+            if let Some(n) = z.compress(&self.literal) {
+                self.stats.wire_bytes += (self.piece_refs.len() + n) as u64;
+                return Encoded::Pieces {
+                    refs: &self.piece_refs,
+                    data: &z.out[..n],
+                    zstd: true,
+                    lit_crc,
+                    raw_len,
+                };
+            }
+        }
+        self.stats.wire_bytes += (self.piece_refs.len() + self.literal.len()) as u64;
+        Encoded::Pieces {
+            refs: &self.piece_refs,
+            data: &self.literal,
+            zstd: false,
+            lit_crc,
+            raw_len,
         }
     }
 
@@ -391,7 +493,7 @@ mod tests {
     fn drive(e: &mut Encoder, raw: &[u8], windows: u32, busy: f64) -> Vec<u8> {
         let mut last = Vec::new();
         for _ in 0..windows {
-            if let Encoded::Zstd { data, raw_crc } = e.encode(raw, false, true) {
+            if let Encoded::Zstd { data, raw_crc } = e.encode(raw, None, false, true) {
                 assert_eq!(raw_crc, crc32c::crc32c(raw));
                 last = zstd::bulk::decompress(data, raw.len()).unwrap();
             }
@@ -407,7 +509,7 @@ mod tests {
 
     #[test]
     fn a_frontend_that_says_link_bound_gets_compression_with_an_idle_socket() {
-        let mut e = Encoder::new(true, false, false);
+        let mut e = Encoder::new(true, false, false, false);
         let raw = text(65536);
         // The socket is never busy (the frontend's window paces the sends) ...
         drive(&mut e, &raw, 3, 0.0);
@@ -422,7 +524,7 @@ mod tests {
 
     #[test]
     fn link_bound_sender_compresses_harder_and_decodes() {
-        let mut e = Encoder::new(true, false, false);
+        let mut e = Encoder::new(true, false, false, false);
         let raw = text(65536);
         let got = drive(&mut e, &raw, 5, 1.0);
         assert_eq!(got, raw);
@@ -435,25 +537,31 @@ mod tests {
 
     #[test]
     fn idle_socket_turns_compression_off() {
-        let mut e = Encoder::new(true, false, false);
+        let mut e = Encoder::new(true, false, false, false);
         let raw = text(65536);
         drive(&mut e, &raw, 2, 1.0);
         assert!(e.level() >= 1);
         drive(&mut e, &raw, 4, 0.01);
         assert_eq!(e.level(), 0);
-        assert!(matches!(e.encode(&raw, false, true), Encoded::Raw(None)));
+        assert!(matches!(
+            e.encode(&raw, None, false, true),
+            Encoded::Raw(None)
+        ));
     }
 
     #[test]
     fn incompressible_data_backs_off() {
         use rand::RngCore;
-        let mut e = Encoder::new(true, false, false);
+        let mut e = Encoder::new(true, false, false, false);
         e.zstd.as_mut().unwrap().set_level(Some(0));
         let mut raw = vec![0u8; 65536];
         rand::thread_rng().fill_bytes(&mut raw);
         let t = Instant::now();
         for _ in 0..1000 {
-            assert!(matches!(e.encode(&raw, false, true), Encoded::Raw(None)));
+            assert!(matches!(
+                e.encode(&raw, None, false, true),
+                Encoded::Raw(None)
+            ));
         }
         // Back-off: far fewer than 1000 compression attempts were made.
         assert!(e.zstd.as_ref().unwrap().backoff > BACKOFF_MIN);
@@ -463,7 +571,7 @@ mod tests {
         let mut mixed = raw.clone();
         mixed[32768..].copy_from_slice(&text(32768));
         assert!(matches!(
-            e.encode(&mixed, false, true),
+            e.encode(&mixed, None, false, true),
             Encoded::Zstd { .. }
         ));
         assert_eq!(e.zstd.as_ref().unwrap().skip, 0);
@@ -471,25 +579,28 @@ mod tests {
 
     #[test]
     fn refs_for_announced_and_repeated_content() {
-        let mut e = Encoder::new(false, true, false);
+        let mut e = Encoder::new(false, true, false, false);
         let a = text(4096);
         let mut b = text(4096);
         b[0] = b'X';
         e.learn(&crate::dedup::digest(&a));
-        assert!(matches!(e.encode(&a, true, true), Encoded::Ref(_)));
+        assert!(matches!(e.encode(&a, None, true, true), Encoded::Ref(_)));
         assert!(
-            matches!(e.encode(&a, false, true), Encoded::Raw(Some(d)) if d == crate::dedup::digest(&a))
+            matches!(e.encode(&a, None, false, true), Encoded::Raw(Some(d)) if d == crate::dedup::digest(&a))
         );
-        assert!(matches!(e.encode(&b, true, true), Encoded::Raw(Some(_))));
+        assert!(matches!(
+            e.encode(&b, None, true, true),
+            Encoded::Raw(Some(_))
+        ));
         assert!(
-            matches!(e.encode(&b, true, true), Encoded::Ref(d) if d == crate::dedup::digest(&b))
+            matches!(e.encode(&b, None, true, true), Encoded::Ref(d) if d == crate::dedup::digest(&b))
         );
     }
 
     #[test]
     fn a_lazy_frontend_gets_hashes_only_while_they_pay() {
         // No zstd: the link is measured for hashing all the same.
-        let mut e = Encoder::new(false, true, true);
+        let mut e = Encoder::new(false, true, true, false);
         let a = text(65536);
         let variant = |i: usize| {
             let mut v = text(65536);
@@ -498,32 +609,104 @@ mod tests {
         };
         // A fast link, nothing announced: no hashing, so no digest and no reference later.
         drive(&mut e, &a, 2, 0.0);
-        assert!(matches!(e.encode(&a, true, true), Encoded::Raw(None)));
-        assert!(matches!(e.encode(&a, true, true), Encoded::Raw(None)));
+        assert!(matches!(e.encode(&a, None, true, true), Encoded::Raw(None)));
+        assert!(matches!(e.encode(&a, None, true, true), Encoded::Raw(None)));
         // The link becomes the bottleneck: content is hashed, carried once, then referenced ...
         for _ in 0..2 {
             e.link_bound();
             drive(&mut e, &text(4096), 1, 0.0);
         }
         let b = variant(7);
-        assert!(matches!(e.encode(&b, true, true), Encoded::Raw(Some(_))));
+        assert!(matches!(
+            e.encode(&b, None, true, true),
+            Encoded::Raw(Some(_))
+        ));
         assert!(
-            matches!(e.encode(&b, true, true), Encoded::Ref(d) if d == crate::dedup::digest(&b))
+            matches!(e.encode(&b, None, true, true), Encoded::Ref(d) if d == crate::dedup::digest(&b))
         );
         // ... unless the frontend says it is the bottleneck itself (its socket looks busy too).
         let c = variant(9);
-        assert!(matches!(e.encode(&c, true, false), Encoded::Raw(None)));
-        assert!(matches!(e.encode(&c, true, false), Encoded::Raw(None)));
+        assert!(matches!(
+            e.encode(&c, None, true, false),
+            Encoded::Raw(None)
+        ));
+        assert!(matches!(
+            e.encode(&c, None, true, false),
+            Encoded::Raw(None)
+        ));
         // Idle again: back to raw without digests.
         drive(&mut e, &a, 2, 0.0);
         let d = variant(11);
-        assert!(matches!(e.encode(&d, true, true), Encoded::Raw(None)));
-        assert!(matches!(e.encode(&d, true, true), Encoded::Raw(None)));
+        assert!(matches!(e.encode(&d, None, true, true), Encoded::Raw(None)));
+        assert!(matches!(e.encode(&d, None, true, true), Encoded::Raw(None)));
 
         // A frontend that announced content gets hashes from the first chunk, on any link.
-        let mut e = Encoder::new(false, true, true);
+        let mut e = Encoder::new(false, true, true, false);
         e.learn(&crate::dedup::digest(&a));
-        assert!(matches!(e.encode(&a, true, true), Encoded::Ref(_)));
-        assert!(matches!(e.encode(&c, true, true), Encoded::Raw(Some(_))));
+        assert!(matches!(e.encode(&a, None, true, true), Encoded::Ref(_)));
+        assert!(matches!(
+            e.encode(&c, None, true, true),
+            Encoded::Raw(Some(_))
+        ));
+    }
+
+    #[test]
+    fn blocks_sent_before_go_as_named_pieces() {
+        let blk = |seed: u8| {
+            let mut b = vec![0u8; BLOCK_LEN];
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = (i as u8) ^ seed ^ (i >> 8) as u8);
+            b[0] = seed;
+            b
+        };
+        let cs = 4 * BLOCK_LEN;
+        let table = SentBlocks::default();
+        let mut e = Encoder::new(false, true, false, true);
+        let a: Vec<u8> = [1, 2, 3, 4].iter().flat_map(|&s| blk(s)).collect();
+        assert!(matches!(
+            e.encode(&a, Some((&table, 0)), true, true),
+            Encoded::Raw(Some(_))
+        ));
+        // Blocks 3 and 4 of `a`, shifted by one block (a file copied at another block
+        // offset), then new content and a zero block (never named).
+        let b: Vec<u8> = [blk(3), blk(4), blk(9), vec![0; BLOCK_LEN]].concat();
+        match e.encode(&b, Some((&table, cs as u64)), true, true) {
+            Encoded::Pieces {
+                refs,
+                data,
+                zstd,
+                lit_crc,
+                raw_len,
+            } => {
+                let refs: Vec<BlockRef> = wire_format::frame::block_refs(refs).collect();
+                let want = |block: u16, at: usize, s: u8| BlockRef {
+                    block,
+                    offset: (at * BLOCK_LEN) as u64,
+                    digest: crate::dedup::digest(&blk(s)),
+                };
+                assert_eq!(refs, vec![want(0, 2, 3), want(1, 3, 4)]);
+                assert!(!zstd);
+                assert_eq!(raw_len as usize, cs);
+                assert_eq!(data, &b[2 * BLOCK_LEN..]);
+                assert_eq!(lit_crc, crc32c::crc32c(&b[2 * BLOCK_LEN..]));
+            }
+            _ => panic!("expected pieces"),
+        }
+        // The new block is now known too; a frontend that asked for data gets data.
+        let c: Vec<u8> = [blk(9), blk(9), blk(9), blk(9)].concat();
+        assert!(matches!(
+            e.encode(&c, Some((&table, 2 * cs as u64)), false, true),
+            Encoded::Raw(Some(_))
+        ));
+        // Every block known (the chunk as a whole is not): all named, nothing literal.
+        let d: Vec<u8> = [blk(9), blk(1), blk(9), blk(2)].concat();
+        assert!(matches!(
+            e.encode(&d, Some((&table, 3 * cs as u64)), true, true),
+            Encoded::Pieces { refs, data, .. }
+                if refs.len() == 4 * wire_format::frame::BLOCK_REF_LEN && data.is_empty()
+        ));
+        assert_eq!(e.stats().piece_chunks, 2);
+        assert_eq!(e.stats().piece_blocks, 6);
     }
 }

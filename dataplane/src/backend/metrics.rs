@@ -16,19 +16,21 @@ pub enum Form {
     Zstd = 1,
     Ref = 2,
     Zero = 3,
+    Pieces = 4,
 }
 
-const FORMS: [(Form, &str); 4] = [
+const FORMS: [(Form, &str); 5] = [
     (Form::Raw, "raw"),
     (Form::Zstd, "zstd"),
     (Form::Ref, "ref"),
     (Form::Zero, "zero"),
+    (Form::Pieces, "pieces"),
 ];
 
 #[derive(Default)]
 struct PerClass {
     requests: AtomicU64,
-    chunks: [AtomicU64; 4],
+    chunks: [AtomicU64; 5],
     /// Uncompressed bytes of the chunks sent as data, compressed or referenced.
     logical_bytes: AtomicU64,
     /// Chunk payload bytes on the wire.
@@ -95,7 +97,7 @@ impl BackendMetrics {
         e.family(
             name,
             Kind::Counter,
-            "Chunks sent, per class and wire form (raw, zstd, ref: a 32-byte digest, zero: a header only).",
+            "Chunks sent, per class and wire form (raw, zstd, ref: a 32-byte digest, zero: a header only, pieces: new blocks plus blocks named by where they were sent before).",
         );
         for (cl, c) in classes {
             for (f, fname) in FORMS {

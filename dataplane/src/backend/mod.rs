@@ -7,6 +7,7 @@
 //! are answered with a `ChunkZero` frame and no data. The source is never written except by
 //! write-back frames (abort), which are made durable by a `Sync` frame before it is acked.
 
+mod blocks;
 mod conn;
 mod encode;
 pub mod metrics;

@@ -20,6 +20,8 @@ pub struct SourceVolume {
     /// are holes (cut out of `extents`); in chunks only partly free, these bytes are sent as
     /// zeros, so stale data of deleted files never crosses the wire.
     pub free: Vec<(u64, u64)>,
+    /// Blocks sent of this volume and where (`CAP_BLOCK_REFS`), for every connection.
+    pub sent: super::blocks::SentBlocks,
     /// Held for the life of the process: the `flock` that makes this backend the owner.
     _lock: File,
 }
@@ -116,6 +118,7 @@ impl SourceVolume {
             extents,
             writable,
             free: Vec::new(),
+            sent: Default::default(),
             _lock: file,
         })
     }

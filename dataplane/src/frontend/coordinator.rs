@@ -22,6 +22,8 @@ pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
         deduped_chunks: s.deduped_chunks.get(),
         deduped_bytes: s.deduped_bytes.get(),
         ref_misses: s.ref_misses.get(),
+        deduped_blocks: s.deduped_blocks.get(),
+        block_ref_misses: s.block_ref_misses.get(),
         zstd_wire_bytes: shard.link_counters.zstd_wire_bytes.get(),
         zero_replies: s.zero_replies.get(),
         fetch_retries: s.fetch_retries.get(),

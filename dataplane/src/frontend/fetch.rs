@@ -7,12 +7,16 @@
 //!   `FETCH_ATTEMPTS_MAX` times, then readers get EIO and the chunk stays `Untouched`.
 //! * Late fetches lose: `fill` drops data for a chunk that was superseded or is no longer
 //!   `Untouched`.
+//! * Pieces (`CAP_BLOCK_REFS`): blocks the backend named by where it sent them before are read
+//!   back from the target once that chunk is resident (any core's; it may still be on its way
+//!   on another connection, so this waits up to [`BLOCK_REF_WAIT`]) and used only if they
+//!   hash to the digest sent; otherwise the chunk is fetched again as data.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wire_format::frame::Class;
+use wire_format::frame::{BlockRef, Class, BLOCK_LEN};
 use wire_format::state::ChunkState;
 
 use super::error::VolError;
@@ -25,6 +29,11 @@ pub const FETCH_ATTEMPTS_MAX: u32 = 4;
 /// Longest wait for the next reply of a fetch before the link is declared dead: a backend
 /// that stops answering must not hang readers forever.
 pub const FETCH_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the chunk holding a named block to land: it was sent before this one,
+/// but maybe on another core's connection, behind that socket's buffer on a slow link.
+pub const BLOCK_REF_WAIT: Duration = Duration::from_secs(10);
+/// How often a wait for a named block's chunk looks again.
+const BLOCK_REF_POLL: Duration = Duration::from_millis(2);
 
 enum Fill {
     /// With what is known of the content's SHA-256: a `Known` digest (sent by the backend,
@@ -33,6 +42,8 @@ enum Fill {
     Zero,
     /// Content this machine holds, named by digest (dedup).
     Ref(Digest),
+    /// Literal blocks in place; the named ones still to be copied from the target.
+    Pieces(AlignedBuf, Vec<BlockRef>),
 }
 
 impl Shard {
@@ -154,6 +165,7 @@ impl Shard {
                 };
                 let (chunk, fill) = match reply {
                     Reply::Data { chunk, buf, digest } => (chunk, Fill::Data(buf, digest)),
+                    Reply::Pieces { chunk, buf, refs } => (chunk, Fill::Pieces(buf, refs)),
                     Reply::Zero { chunk } => (chunk, Fill::Zero),
                     Reply::Ref { chunk, digest } if self.dedup.is_some() => {
                         (chunk, Fill::Ref(digest))
@@ -197,7 +209,7 @@ impl Shard {
                     Some(format!(
                         "backend sent chunk {chunk}, which was not asked for"
                     ))
-                } else if let Fill::Data(b, _) = &fill {
+                } else if let Fill::Data(b, _) | Fill::Pieces(b, _) = &fill {
                     (b.len() != expected_len).then(|| {
                         format!("chunk {chunk}: {} bytes, expected {expected_len}", b.len())
                     })
@@ -206,7 +218,7 @@ impl Shard {
                 };
                 if let Some(reason) = bad {
                     tracing::warn!(%reason, "bad reply from backend; closing the link and refetching");
-                    if let Fill::Data(b, _) = fill {
+                    if let Fill::Data(b, _) | Fill::Pieces(b, _) = fill {
                         self.bufs.give(b);
                     }
                     last_error = reason;
@@ -299,8 +311,10 @@ impl Shard {
         fill: Fill,
         class: Class,
     ) -> Result<Fill, String> {
-        let Fill::Ref(digest) = fill else {
-            return Ok(fill);
+        let digest = match fill {
+            Fill::Ref(digest) => digest,
+            Fill::Pieces(buf, refs) => return self.resolve_pieces(chunk, buf, &refs, class).await,
+            other => return Ok(other),
         };
         let len = self.geo.chunk_len(chunk);
         if let Some(d) = &self.dedup {
@@ -316,6 +330,76 @@ impl Shard {
         }
         self.stats.ref_misses.set(self.stats.ref_misses.get() + 1);
         self.fetch_as_data(chunk, class).await
+    }
+
+    /// Copies the named blocks of a `ChunkPieces` from the target; fetches the chunk again as
+    /// data if any is not there as named.
+    async fn resolve_pieces(
+        self: &Rc<Self>,
+        chunk: u64,
+        mut buf: AlignedBuf,
+        refs: &[BlockRef],
+        class: Class,
+    ) -> Result<Fill, String> {
+        let mut i = 0;
+        while i < refs.len() {
+            // A run of blocks named at consecutive offsets (a file copied whole) is one read.
+            let mut n = 1;
+            while i + n < refs.len()
+                && usize::from(refs[i + n].block) == usize::from(refs[i].block) + n
+                && refs[i + n].offset == refs[i].offset + (n * BLOCK_LEN) as u64
+            {
+                n += 1;
+            }
+            if !self.copy_named(&mut buf, &refs[i..i + n]).await {
+                self.bufs.give(buf);
+                self.stats
+                    .block_ref_misses
+                    .set(self.stats.block_ref_misses.get() + 1);
+                return self.fetch_as_data(chunk, class).await;
+            }
+            i += n;
+        }
+        self.stats
+            .deduped_blocks
+            .set(self.stats.deduped_blocks.get() + refs.len() as u64);
+        Ok(Fill::Data(buf, DigestHint::Compute))
+    }
+
+    /// Reads the blocks of one run from the target into `buf` once their chunks are resident;
+    /// false if a block is out of the volume, does not arrive in time, or does not hash to its
+    /// digest.
+    async fn copy_named(&self, buf: &mut AlignedBuf, run: &[BlockRef]) -> bool {
+        let len = run.len() * BLOCK_LEN;
+        let from = run[0].offset;
+        let Some(end) = from.checked_add(len as u64) else {
+            return false;
+        };
+        if end > self.geo.volume_size_bytes {
+            return false;
+        }
+        let cs = u64::from(self.geo.chunk_size_bytes);
+        let deadline = Instant::now() + BLOCK_REF_WAIT;
+        while !self.resident.all_set(from / cs, (end - 1) / cs) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            runtime::sleep(BLOCK_REF_POLL).await;
+        }
+        let mut scratch = AlignedBuf::new(len);
+        scratch.set_len(len);
+        let (res, scratch) = self.target.read_exact_at(scratch, from).await;
+        if res.is_err() {
+            return false;
+        }
+        for (r, block) in run.iter().zip(scratch.chunks_exact(BLOCK_LEN)) {
+            if crate::dedup::digest(block) != r.digest {
+                return false;
+            }
+            let at = usize::from(r.block) * BLOCK_LEN;
+            buf[at..at + BLOCK_LEN].copy_from_slice(block);
+        }
+        true
     }
 
     /// One chunk asked for again with `no_refs`, on the same retry terms as any fetch.
@@ -396,7 +480,7 @@ impl Shard {
         match fill {
             Fill::Data(buf, _) if stale => self.bufs.give(buf),
             Fill::Zero if stale => {}
-            Fill::Ref(_) => error = Some("unresolved reference".to_string()),
+            Fill::Ref(_) | Fill::Pieces(..) => error = Some("unresolved reference".to_string()),
             Fill::Data(buf, hint) => {
                 let digest = self.dedup.as_ref().and_then(|d| {
                     let digest = match hint {

@@ -52,7 +52,7 @@ pub fn render(st: &Status) -> String {
         st.fetched_bytes_background as f64,
     );
     let v = [("volume", vol)];
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 12] = [
         (
             "ferry_frontend_wire_bytes_total",
             "Chunk payload bytes received (compressed size, 32 per reference).",
@@ -87,6 +87,16 @@ pub fn render(st: &Status) -> String {
             "ferry_frontend_ref_misses_total",
             "References whose content was gone or changed, fetched as data.",
             st.ref_misses,
+        ),
+        (
+            "ferry_frontend_deduped_blocks_total",
+            "4 KiB blocks copied from the target because the backend named where it sent them before.",
+            st.deduped_blocks,
+        ),
+        (
+            "ferry_frontend_block_ref_misses_total",
+            "Chunks whose named blocks could not be used, fetched as data.",
+            st.block_ref_misses,
         ),
         (
             "ferry_frontend_zero_replies_total",

@@ -713,6 +713,8 @@ async fn start_core(
         // A chunk the backend hashed for references comes with its digest, sparing ours (a
         // SHA-256 pass per chunk, half the CPU of a loopback hydration).
         capabilities |= wire_format::frame::CAP_REFS | wire_format::frame::CAP_DIGESTS;
+        // Blocks repeated off chunk boundaries (file copies) are copied from the target.
+        capabilities |= wire_format::frame::CAP_BLOCK_REFS;
     }
     if backfill.is_some() {
         // On a link faster than the hash, chunks come unhashed and are indexed later.

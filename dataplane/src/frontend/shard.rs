@@ -61,6 +61,10 @@ pub struct ShardStats {
     pub deduped_bytes: Cell<u64>,
     /// References that could not be used (content gone or changed) and were fetched as data.
     pub ref_misses: Cell<u64>,
+    /// 4 KiB blocks of `ChunkPieces` copied from the target instead of sent; pieces whose named
+    /// blocks were not there (gone, changed, or not arrived in time) and came again as data.
+    pub deduped_blocks: Cell<u64>,
+    pub block_ref_misses: Cell<u64>,
     /// Fetch attempts after the first (a link broke, a reply was bad, a reference missed).
     pub fetch_retries: Cell<u64>,
 }

@@ -43,6 +43,14 @@ pub struct Status {
     /// References whose content was gone or changed, fetched again as data.
     #[serde(default)]
     pub ref_misses: u64,
+    /// 4 KiB blocks that came named by where the volume already sent them (`ChunkPieces`,
+    /// file copies off chunk boundaries) and were copied from the target.
+    #[serde(default)]
+    pub deduped_blocks: u64,
+    /// Chunks whose named blocks could not be used (changed, or not arrived in time) and
+    /// that were fetched again as data.
+    #[serde(default)]
+    pub block_ref_misses: u64,
     /// Size on the wire of the zstd chunks (`zstd_raw_bytes - zstd_wire_bytes` is what
     /// compression saved).
     #[serde(default)]
@@ -166,6 +174,8 @@ pub struct ShardNumbers {
     pub deduped_chunks: u64,
     pub deduped_bytes: u64,
     pub ref_misses: u64,
+    pub deduped_blocks: u64,
+    pub block_ref_misses: u64,
     /// A running shard's background window: (window, outstanding, base RTT µs, queue delay µs).
     pub cap: Option<(u64, u64, u64, u64)>,
     /// The frontend's dedup indexer (one for all cores): (queued, indexed).
@@ -190,6 +200,8 @@ impl Status {
         self.deduped_chunks += n.deduped_chunks;
         self.deduped_bytes += n.deduped_bytes;
         self.ref_misses += n.ref_misses;
+        self.deduped_blocks += n.deduped_blocks;
+        self.block_ref_misses += n.block_ref_misses;
         self.zstd_wire_bytes += n.zstd_wire_bytes;
         self.zero_replies += n.zero_replies;
         self.fetch_retries += n.fetch_retries;

@@ -13,7 +13,9 @@ use std::rc::Rc;
 
 use futures::channel::mpsc;
 use futures::StreamExt;
-use wire_format::frame::{self, Class, ErrorCode, Frame, DIGEST_LEN, MAX_HAVE_DIGESTS};
+use wire_format::frame::{
+    self, BlockRef, Class, ErrorCode, Frame, BLOCK_LEN, DIGEST_LEN, MAX_HAVE_DIGESTS,
+};
 
 use super::reader::FrameReader;
 use super::{refusal, LinkError, CAPABILITIES};
@@ -38,6 +40,13 @@ pub enum Reply {
         chunk: u64,
         digest: [u8; DIGEST_LEN],
     },
+    /// The chunk's literal blocks in place in `buf` (its full length); the blocks `refs`
+    /// names are to be copied from where the volume holds them (`CAP_BLOCK_REFS`).
+    Pieces {
+        chunk: u64,
+        buf: AlignedBuf,
+        refs: Vec<BlockRef>,
+    },
     ChunkError {
         chunk: u64,
         code: ErrorCode,
@@ -48,6 +57,72 @@ pub enum Reply {
         code: ErrorCode,
         message: String,
     },
+}
+
+impl Reply {
+    /// Returns a reply's chunk buffer to the pool (a reply nobody takes).
+    pub fn give_back(self, bufs: &ChunkBufs) {
+        match self {
+            Reply::Data { buf, .. } | Reply::Pieces { buf, .. } => bufs.give(buf),
+            _ => {}
+        }
+    }
+}
+
+/// Puts the literal blocks of a `ChunkPieces` in place in `buf` (set to `raw_len`), named
+/// blocks left for the caller. `None` (the buffer given back) if the literal does not
+/// decompress to its length or match its crc; an error if the chunk does not fit `buf`.
+#[allow(clippy::too_many_arguments)]
+fn place_pieces(
+    mut buf: AlignedBuf,
+    raw_len: usize,
+    refs: &[BlockRef],
+    lit_crc: u32,
+    unzstd: Option<&mut Option<zstd::bulk::Decompressor<'static>>>,
+    data: &[u8],
+    scratch: &mut Vec<u8>,
+    bufs: &ChunkBufs,
+) -> Result<Option<AlignedBuf>, LinkError> {
+    if raw_len > buf.capacity() {
+        bufs.give(buf);
+        return Err(LinkError::Protocol(format!(
+            "{raw_len} bytes of pieces for smaller chunks"
+        )));
+    }
+    // The decoder checked that the named blocks fit raw_len.
+    let literal_len = raw_len - refs.len() * BLOCK_LEN;
+    let literal: &[u8] = match unzstd {
+        None => data,
+        Some(d) => {
+            let d = match d {
+                Some(d) => d,
+                None => d.insert(zstd::bulk::Decompressor::new()?),
+            };
+            scratch.resize(literal_len, 0);
+            match d.decompress_to_buffer(data, &mut scratch[..]) {
+                Ok(n) if n == literal_len => scratch,
+                _ => {
+                    bufs.give(buf);
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    if literal.len() != literal_len || crc32c::crc32c(literal) != lit_crc {
+        bufs.give(buf);
+        return Ok(None);
+    }
+    buf.set_len(raw_len);
+    let mut named = refs.iter().map(|r| usize::from(r.block)).peekable();
+    let mut from = 0;
+    for (i, block) in buf.chunks_mut(BLOCK_LEN).enumerate() {
+        if named.next_if_eq(&i).is_some() {
+            continue;
+        }
+        block.copy_from_slice(&literal[from..from + block.len()]);
+        from += block.len();
+    }
+    Ok(Some(buf))
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +156,9 @@ pub struct LinkCounters {
     pub zstd_wire_bytes: Cell<u64>,
     /// Chunks that came as a reference to content we hold.
     pub ref_chunks: Cell<u64>,
+    /// Chunks that came as `ChunkPieces`, and the blocks they named instead of sending.
+    pub piece_chunks: Cell<u64>,
+    pub piece_blocks: Cell<u64>,
 }
 
 impl LinkCounters {
@@ -99,6 +177,8 @@ pub struct BackendLink {
     backlog: Rc<super::reader::Backlog>,
     /// `CAP_LAZY_INDEX` was agreed: plain `ChunkData` is content the backend did not hash.
     lazy_index: bool,
+    /// `CAP_BLOCK_REFS` was agreed: `ChunkPieces` may come.
+    block_refs: bool,
 }
 
 /// Replies to one request; dropping it forgets the request id.
@@ -221,6 +301,7 @@ impl BackendLink {
             dead: Cell::new(false),
             backlog: reader.backlog(),
             lazy_index: caps & frame::CAP_LAZY_INDEX != 0,
+            block_refs: caps & frame::CAP_BLOCK_REFS != 0,
         });
         let l = link.clone();
         runtime::spawn(async move {
@@ -255,6 +336,7 @@ impl BackendLink {
         counters: &LinkCounters,
     ) -> Result<(), LinkError> {
         let mut unzstd: Option<zstd::bulk::Decompressor<'static>> = None;
+        let mut literal = Vec::new();
         loop {
             let Some((id, frame)) = reader.next().await? else {
                 return Err(LinkError::Closed);
@@ -338,6 +420,44 @@ impl BackendLink {
                         digest: DigestHint::Compute,
                     }
                 }
+                Frame::ChunkPieces {
+                    handle,
+                    chunk,
+                    raw_len,
+                    lit_crc,
+                    zstd,
+                    refs,
+                    data,
+                } => {
+                    self.check_handle(handle)?;
+                    if !self.block_refs {
+                        return Err(LinkError::Protocol(format!(
+                            "chunk {chunk} came as pieces, which were not offered"
+                        )));
+                    }
+                    let buf = bufs.take();
+                    let refs: Vec<BlockRef> = frame::block_refs(refs).collect();
+                    let Some(buf) = place_pieces(
+                        buf,
+                        raw_len as usize,
+                        &refs,
+                        lit_crc,
+                        zstd.then_some(&mut unzstd),
+                        data,
+                        &mut literal,
+                        bufs,
+                    )?
+                    else {
+                        return Err(LinkError::Protocol(format!(
+                            "chunk {chunk}: literal blocks do not match their checksum or length"
+                        )));
+                    };
+                    let wire = (refs.len() * frame::BLOCK_REF_LEN + data.len()) as u64;
+                    LinkCounters::add(&counters.wire_bytes, wire);
+                    LinkCounters::add(&counters.piece_chunks, 1);
+                    LinkCounters::add(&counters.piece_blocks, refs.len() as u64);
+                    Reply::Pieces { chunk, buf, refs }
+                }
                 Frame::ChunkRef {
                     handle,
                     chunk,
@@ -382,16 +502,10 @@ impl BackendLink {
                 // A dropped receiver means the asker gave up; its reply is simply discarded.
                 Some(tx) => {
                     if let Err(e) = tx.unbounded_send(reply) {
-                        if let Reply::Data { buf, .. } = e.into_inner() {
-                            bufs.give(buf);
-                        }
+                        e.into_inner().give_back(bufs);
                     }
                 }
-                None => {
-                    if let Reply::Data { buf, .. } = reply {
-                        bufs.give(buf);
-                    }
-                }
+                None => reply.give_back(bufs),
             }
         }
     }

@@ -18,7 +18,8 @@ use wire_format::frame::{ErrorCode, WireError};
 pub const CAPABILITIES: u64 = wire_format::frame::CAP_ZSTD
     | wire_format::frame::CAP_REFS
     | wire_format::frame::CAP_DIGESTS
-    | wire_format::frame::CAP_LAZY_INDEX;
+    | wire_format::frame::CAP_LAZY_INDEX
+    | wire_format::frame::CAP_BLOCK_REFS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
