@@ -13,11 +13,14 @@
 //!   newer block taking the slot of an older one. A reference is a hint either way: the
 //!   frontend uses the named block only if it hashes to the digest sent with it, so a stale or
 //!   colliding entry costs a refetch, never wrong data.
-//! * Offsets are of this volume as this backend sent it; a frontend that does not hold them
-//!   (another frontend, or one restarted without them) finds a mismatch and refetches.
+//! * Offsets are of this volume as this backend sent it. When the last connection using the
+//!   volume ends, the table is emptied: a frontend that restarts (after a crash, say) may have
+//!   lost blocks it was sent, and would otherwise wait for them before refetching. One that
+//!   does not hold a named block anyway finds a mismatch and refetches.
 //!
 //! [`CAP_BLOCK_REFS`]: wire_format::frame::CAP_BLOCK_REFS
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use wire_format::frame::{BLOCK_LEN, DIGEST_LEN};
@@ -36,6 +39,7 @@ struct Slot {
 #[derive(Default)]
 pub struct SentBlocks {
     slots: Mutex<Vec<Slot>>,
+    users: AtomicUsize,
 }
 
 impl std::fmt::Debug for SentBlocks {
@@ -56,6 +60,20 @@ fn place(digest: &[u8; DIGEST_LEN]) -> (usize, u64) {
 }
 
 impl SentBlocks {
+    /// A connection opened the volume.
+    pub fn attach(&self) {
+        self.users.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A connection that opened the volume ended; the last one empties the table (and gives
+    /// its memory back).
+    pub fn detach(&self) {
+        if self.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            *slots = Vec::new();
+        }
+    }
+
     /// For the blocks of one chunk at volume offset `chunk_offset` (`digests[i]` of block `i`,
     /// `None` for blocks not to be considered, e.g. all-zero ones): where the volume already
     /// sent the same content, outside this chunk. Blocks not found are remembered at their own
@@ -117,5 +135,19 @@ mod tests {
         );
         // Sent again at its own chunk (a refetch): found only outside it.
         assert_eq!(t.find_or_remember(c, &[d(2)]), vec![None]);
+    }
+
+    #[test]
+    fn the_last_user_leaving_forgets_everything() {
+        let t = SentBlocks::default();
+        let c = 16 * BLOCK_LEN as u64;
+        t.attach();
+        t.attach();
+        t.find_or_remember(0, &[d(1)]);
+        t.detach();
+        assert_eq!(t.find_or_remember(c, &[d(1)]), vec![Some(0)]);
+        t.detach();
+        t.attach();
+        assert_eq!(t.find_or_remember(2 * c, &[d(1)]), vec![None]);
     }
 }

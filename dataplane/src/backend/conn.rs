@@ -33,6 +33,32 @@ struct Opened {
     reader: File,
     /// Buffered writer for write-back, opened on first use.
     writer: RefCell<Option<File>>,
+    /// Counts this opening as a user of the volume's sent-blocks table.
+    _user: VolumeUser,
+}
+
+/// One connection's use of a volume: when the last one ends (a frontend stopped, crashed or
+/// restarts), what the table says was sent is forgotten, so a frontend that comes back is
+/// never pointed at blocks it may have lost.
+struct VolumeUser {
+    volumes: Arc<Vec<SourceVolume>>,
+    index: usize,
+}
+
+impl VolumeUser {
+    fn new(volumes: &Arc<Vec<SourceVolume>>, index: usize) -> VolumeUser {
+        volumes[index].sent.attach();
+        VolumeUser {
+            volumes: volumes.clone(),
+            index,
+        }
+    }
+}
+
+impl Drop for VolumeUser {
+    fn drop(&mut self) {
+        self.volumes[self.index].sent.detach();
+    }
 }
 
 struct Conn {
@@ -369,6 +395,7 @@ impl Conn {
                 chunk_size_bytes: chunk_size,
                 reader,
                 writer: RefCell::new(None),
+                _user: VolumeUser::new(&self.volumes, index),
             }),
         );
         let frames = vol.extents.chunks(MAX_EXTENTS_PER_FRAME);
@@ -553,7 +580,10 @@ impl Conn {
                     } else {
                         let raw = &buf[start..end];
                         let logical = raw.len() as u64;
-                        let sent = Some((&vol.sent, offset + start as u64));
+                        // Named blocks may still be on their way on a background
+                        // connection: an on-demand reply must never wait for those.
+                        let sent = (class == Class::Background)
+                            .then_some((&vol.sent, offset + start as u64));
                         match encoder.encode(raw, sent, allow_refs, allow_zstd) {
                             Encoded::Raw(digest) => {
                                 self.metrics.chunk(class, Form::Raw, logical, logical);

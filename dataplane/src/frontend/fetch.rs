@@ -9,8 +9,9 @@
 //!   `Untouched`.
 //! * Pieces (`CAP_BLOCK_REFS`): blocks the backend named by where it sent them before are read
 //!   back from the target once that chunk is resident (any core's; it may still be on its way
-//!   on another connection, so this waits up to [`BLOCK_REF_WAIT`]) and used only if they
-//!   hash to the digest sent; otherwise the chunk is fetched again as data.
+//!   on another connection, so background fills wait up to [`BLOCK_REF_WAIT`], on-demand ones
+//!   not at all) and used only if they hash to the digest sent; otherwise the chunk is fetched
+//!   again as data.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -351,7 +352,13 @@ impl Shard {
             {
                 n += 1;
             }
-            if !self.copy_named(&mut buf, &refs[i..i + n]).await {
+            // A workload waits on an on-demand fill: a refetch costs it one round trip, a
+            // wait for background data behind a full socket buffer could cost much more.
+            let wait = match class {
+                Class::OnDemand => Duration::ZERO,
+                Class::Background => BLOCK_REF_WAIT,
+            };
+            if !self.copy_named(&mut buf, &refs[i..i + n], wait).await {
                 self.bufs.give(buf);
                 self.stats
                     .block_ref_misses
@@ -366,10 +373,10 @@ impl Shard {
         Ok(Fill::Data(buf, DigestHint::Compute))
     }
 
-    /// Reads the blocks of one run from the target into `buf` once their chunks are resident;
-    /// false if a block is out of the volume, does not arrive in time, or does not hash to its
-    /// digest.
-    async fn copy_named(&self, buf: &mut AlignedBuf, run: &[BlockRef]) -> bool {
+    /// Reads the blocks of one run from the target into `buf` once their chunks are resident
+    /// (waiting up to `wait`); false if a block is out of the volume, does not arrive in time,
+    /// or does not hash to its digest.
+    async fn copy_named(&self, buf: &mut AlignedBuf, run: &[BlockRef], wait: Duration) -> bool {
         let len = run.len() * BLOCK_LEN;
         let from = run[0].offset;
         let Some(end) = from.checked_add(len as u64) else {
@@ -379,7 +386,7 @@ impl Shard {
             return false;
         }
         let cs = u64::from(self.geo.chunk_size_bytes);
-        let deadline = Instant::now() + BLOCK_REF_WAIT;
+        let deadline = Instant::now() + wait;
         while !self.resident.all_set(from / cs, (end - 1) / cs) {
             if Instant::now() >= deadline {
                 return false;
@@ -441,8 +448,8 @@ impl Shard {
                 Ok(Some(Reply::ChunkError { code, message, .. })) => {
                     return Err(format!("backend: {code:?}: {message}"))
                 }
-                Ok(Some(Reply::Data { buf, .. })) => {
-                    self.bufs.give(buf);
+                Ok(Some(r @ (Reply::Data { .. } | Reply::Pieces { .. }))) => {
+                    r.give_back(&self.bufs);
                     last_error = format!("bad reply to a data fetch of chunk {chunk}");
                     link.kill();
                 }
