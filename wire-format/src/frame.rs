@@ -80,6 +80,12 @@ pub const CAP_LAZY_INDEX: u64 = 1 << 3;
 /// block-aligned, not chunk-aligned). Like every dedup hint, a named block is used only after
 /// it hashes to its digest again.
 pub const CAP_BLOCK_REFS: u64 = 1 << 4;
+/// Capability bit (with [`CAP_ZSTD`]): the zstd data of every `ChunkZstd` and zstd
+/// `ChunkPieces` on the connection continues one zstd stream (each chunk one flush of it,
+/// frames ending only where the sender changes its level), decoded in arrival order, so content
+/// sent earlier on the connection is history the next chunk can refer to. The receiver bounds
+/// the history (window) it accepts.
+pub const CAP_ZSTD_STREAM: u64 = 1 << 5;
 /// The unit of `ChunkPieces`: a file system block.
 pub const BLOCK_LEN: usize = 4096;
 /// Most block references in one `ChunkPieces` (a chunk of the largest size).

@@ -47,6 +47,45 @@ enum Fill {
     Pieces(AlignedBuf, Vec<BlockRef>),
 }
 
+/// Named blocks further apart than this on the target are read separately.
+const SPAN_GAP: u64 = 64 * 1024;
+/// Longest read of named blocks.
+const SPAN_MAX: u64 = 256 * 1024;
+
+/// A range of the target read once for the named blocks in it (`members`, indices into the
+/// references).
+struct Span {
+    start: u64,
+    end: u64,
+    members: Vec<usize>,
+}
+
+/// Groups references by where they point: the copies of small files named by one chunk mostly
+/// lie close together on the target, and one larger read costs about what one 4 KiB read does.
+/// Offsets past `u64::MAX - BLOCK_LEN` (only a lying backend sends them; the decoder refuses
+/// them) end a span where they are.
+fn spans(refs: &[BlockRef]) -> Vec<Span> {
+    let mut order: Vec<usize> = (0..refs.len()).collect();
+    order.sort_by_key(|&i| refs[i].offset);
+    let mut spans: Vec<Span> = Vec::new();
+    for i in order {
+        let start = refs[i].offset;
+        let end = start.saturating_add(BLOCK_LEN as u64);
+        match spans.last_mut() {
+            Some(s) if start <= s.end.saturating_add(SPAN_GAP) && end - s.start <= SPAN_MAX => {
+                s.end = s.end.max(end);
+                s.members.push(i);
+            }
+            _ => spans.push(Span {
+                start,
+                end,
+                members: vec![i],
+            }),
+        }
+    }
+    spans
+}
+
 impl Shard {
     /// Returns once `chunk` is no longer `Untouched`, fetching it on demand if nobody is.
     pub async fn ensure_fetched(self: &Rc<Self>, chunk: u64) -> Result<(), VolError> {
@@ -342,30 +381,39 @@ impl Shard {
         refs: &[BlockRef],
         class: Class,
     ) -> Result<Fill, String> {
-        let mut i = 0;
-        while i < refs.len() {
-            // A run of blocks named at consecutive offsets (a file copied whole) is one read.
-            let mut n = 1;
-            while i + n < refs.len()
-                && usize::from(refs[i + n].block) == usize::from(refs[i].block) + n
-                && refs[i + n].offset == refs[i].offset + (n * BLOCK_LEN) as u64
-            {
-                n += 1;
-            }
-            // A workload waits on an on-demand fill: a refetch costs it one round trip, a
-            // wait for background data behind a full socket buffer could cost much more.
-            let wait = match class {
-                Class::OnDemand => Duration::ZERO,
-                Class::Background => BLOCK_REF_WAIT,
+        // A workload waits on an on-demand fill: a refetch costs it one round trip, a wait
+        // for background data behind a full socket buffer could cost much more.
+        let wait = match class {
+            Class::OnDemand => Duration::ZERO,
+            Class::Background => BLOCK_REF_WAIT,
+        };
+        let spans = spans(refs);
+        let reads = spans.iter().map(|span| self.read_span(span, refs, wait));
+        let got = futures::future::join_all(reads).await;
+        let mut ok = true;
+        for (span, data) in spans.iter().zip(&got) {
+            let Some(data) = data else {
+                ok = false;
+                break;
             };
-            if !self.copy_named(&mut buf, &refs[i..i + n], wait).await {
-                self.bufs.give(buf);
-                self.stats
-                    .block_ref_misses
-                    .set(self.stats.block_ref_misses.get() + 1);
-                return self.fetch_as_data(chunk, class).await;
+            for &i in &span.members {
+                let r = &refs[i];
+                let at = (r.offset - span.start) as usize;
+                let block = &data[at..at + BLOCK_LEN];
+                if crate::dedup::digest(block) != r.digest {
+                    ok = false;
+                    break;
+                }
+                let to = usize::from(r.block) * BLOCK_LEN;
+                buf[to..to + BLOCK_LEN].copy_from_slice(block);
             }
-            i += n;
+        }
+        if !ok {
+            self.bufs.give(buf);
+            self.stats
+                .block_ref_misses
+                .set(self.stats.block_ref_misses.get() + 1);
+            return self.fetch_as_data(chunk, class).await;
         }
         self.stats
             .deduped_blocks
@@ -373,40 +421,45 @@ impl Shard {
         Ok(Fill::Data(buf, DigestHint::Compute))
     }
 
-    /// Reads the blocks of one run from the target into `buf` once their chunks are resident
-    /// (waiting up to `wait`); false if a block is out of the volume, does not arrive in time,
-    /// or does not hash to its digest.
-    async fn copy_named(&self, buf: &mut AlignedBuf, run: &[BlockRef], wait: Duration) -> bool {
-        let len = run.len() * BLOCK_LEN;
-        let from = run[0].offset;
-        let Some(end) = from.checked_add(len as u64) else {
-            return false;
-        };
-        if end > self.geo.volume_size_bytes {
-            return false;
+    /// Reads one span of the target once the chunks of its named blocks are resident
+    /// (waiting up to `wait`); `None` if it is out of the volume, a chunk does not arrive in
+    /// time, or the read fails.
+    async fn read_span(
+        &self,
+        span: &Span,
+        refs: &[BlockRef],
+        wait: Duration,
+    ) -> Option<AlignedBuf> {
+        if span.end > self.geo.volume_size_bytes {
+            return None;
         }
         let cs = u64::from(self.geo.chunk_size_bytes);
-        let deadline = Instant::now() + wait;
-        while !self.resident.all_set(from / cs, (end - 1) / cs) {
+        let asked = Instant::now();
+        let deadline = asked + wait;
+        while !span
+            .members
+            .iter()
+            .all(|&i| self.resident.is_set(refs[i].offset / cs))
+        {
             if Instant::now() >= deadline {
-                return false;
+                return None;
             }
             runtime::sleep(BLOCK_REF_POLL).await;
         }
+        let len = (span.end - span.start) as usize;
         let mut scratch = AlignedBuf::new(len);
         scratch.set_len(len);
-        let (res, scratch) = self.target.read_exact_at(scratch, from).await;
-        if res.is_err() {
-            return false;
-        }
-        for (r, block) in run.iter().zip(scratch.chunks_exact(BLOCK_LEN)) {
-            if crate::dedup::digest(block) != r.digest {
-                return false;
-            }
-            let at = usize::from(r.block) * BLOCK_LEN;
-            buf[at..at + BLOCK_LEN].copy_from_slice(block);
-        }
-        true
+        let t = Instant::now();
+        let (res, scratch) = self.target.read_exact_at(scratch, span.start).await;
+        tracing::trace!(
+            from = span.start,
+            len,
+            blocks = span.members.len(),
+            waited_us = asked.elapsed().saturating_sub(t.elapsed()).as_micros() as u64,
+            read_us = t.elapsed().as_micros() as u64,
+            "named blocks read"
+        );
+        res.ok().map(|()| scratch)
     }
 
     /// One chunk asked for again with `no_refs`, on the same retry terms as any fetch.
@@ -604,5 +657,41 @@ impl Shard {
         while self.fetches_in_flight.get() > 0 {
             self.fetches_changed.wait().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(block: u16, offset_blocks: u64) -> BlockRef {
+        BlockRef {
+            block,
+            offset: offset_blocks * BLOCK_LEN as u64,
+            digest: [0; 32],
+        }
+    }
+
+    #[test]
+    fn named_blocks_close_together_are_read_at_once() {
+        let b = BLOCK_LEN as u64;
+        // Blocks 0..3 name scattered small files near 100, one block far away, and one twice.
+        let refs = [r(0, 107), r(1, 100), r(2, 5000), r(3, 103), r(4, 100)];
+        let s = spans(&refs);
+        let got: Vec<(u64, u64, Vec<usize>)> = s
+            .iter()
+            .map(|s| (s.start / b, s.end / b, s.members.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(100, 108, vec![1, 4, 3, 0]), (5000, 5001, vec![2])]
+        );
+        // A span stops at SPAN_MAX even without gaps.
+        let run: Vec<BlockRef> = (0..100).map(|i| r(i, 1000 + u64::from(i))).collect();
+        let s = spans(&run);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].end - s[0].start, SPAN_MAX);
+        assert!(s.iter().all(|s| s.end - s.start <= SPAN_MAX));
+        assert_eq!(s.iter().map(|s| s.members.len()).sum::<usize>(), 100);
     }
 }

@@ -707,7 +707,8 @@ async fn start_core(
     let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 64));
     let mut capabilities = 0;
     if cfg.compress {
-        capabilities |= wire_format::frame::CAP_ZSTD;
+        // One stream per connection: chunks refer to what came before them.
+        capabilities |= wire_format::frame::CAP_ZSTD | wire_format::frame::CAP_ZSTD_STREAM;
     }
     if dedup.is_some() {
         // A chunk the backend hashed for references comes with its digest, sparing ours (a

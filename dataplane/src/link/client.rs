@@ -18,6 +18,7 @@ use wire_format::frame::{
 };
 
 use super::reader::FrameReader;
+use super::unzstd::Unzstd;
 use super::{refusal, LinkError, CAPABILITIES};
 use crate::bufs::ChunkBufs;
 use crate::dedup::{DedupIndex, DigestHint};
@@ -78,7 +79,7 @@ fn place_pieces(
     raw_len: usize,
     refs: &[BlockRef],
     lit_crc: u32,
-    unzstd: Option<&mut Option<zstd::bulk::Decompressor<'static>>>,
+    unzstd: Option<&mut Unzstd>,
     data: &[u8],
     scratch: &mut Vec<u8>,
     bufs: &ChunkBufs,
@@ -94,12 +95,8 @@ fn place_pieces(
     let literal: &[u8] = match unzstd {
         None => data,
         Some(d) => {
-            let d = match d {
-                Some(d) => d,
-                None => d.insert(zstd::bulk::Decompressor::new()?),
-            };
             scratch.resize(literal_len, 0);
-            match d.decompress_to_buffer(data, &mut scratch[..]) {
+            match d.decompress(data, &mut scratch[..]) {
                 Ok(n) if n == literal_len => scratch,
                 _ => {
                     bufs.give(buf);
@@ -179,6 +176,8 @@ pub struct BackendLink {
     lazy_index: bool,
     /// `CAP_BLOCK_REFS` was agreed: `ChunkPieces` may come.
     block_refs: bool,
+    /// `CAP_ZSTD_STREAM` was agreed: zstd data continues one stream.
+    zstd_stream: bool,
 }
 
 /// Replies to one request; dropping it forgets the request id.
@@ -302,6 +301,7 @@ impl BackendLink {
             backlog: reader.backlog(),
             lazy_index: caps & frame::CAP_LAZY_INDEX != 0,
             block_refs: caps & frame::CAP_BLOCK_REFS != 0,
+            zstd_stream: caps & frame::CAP_ZSTD_STREAM != 0,
         });
         let l = link.clone();
         runtime::spawn(async move {
@@ -335,7 +335,7 @@ impl BackendLink {
         bufs: &ChunkBufs,
         counters: &LinkCounters,
     ) -> Result<(), LinkError> {
-        let mut unzstd: Option<zstd::bulk::Decompressor<'static>> = None;
+        let mut unzstd = Unzstd::new(self.zstd_stream);
         let mut literal = Vec::new();
         loop {
             let Some((id, frame)) = reader.next().await? else {
@@ -395,12 +395,8 @@ impl BackendLink {
                             buf.len()
                         )));
                     }
-                    let d = match unzstd.as_mut() {
-                        Some(d) => d,
-                        None => unzstd.insert(zstd::bulk::Decompressor::new()?),
-                    };
                     // Decompress straight into the chunk buffer; never more than raw_len bytes.
-                    let got = d.decompress_to_buffer(data, &mut buf[..raw_len]);
+                    let got = unzstd.decompress(data, &mut buf[..raw_len]);
                     let ok = matches!(got, Ok(n) if n == raw_len)
                         && crc32c::crc32c(&buf[..raw_len]) == raw_crc;
                     if !ok {

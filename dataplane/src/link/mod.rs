@@ -9,6 +9,7 @@
 pub mod blocking;
 pub mod client;
 pub mod reader;
+pub(crate) mod unzstd;
 
 use wire_format::frame::{ErrorCode, WireError};
 
@@ -19,7 +20,8 @@ pub const CAPABILITIES: u64 = wire_format::frame::CAP_ZSTD
     | wire_format::frame::CAP_REFS
     | wire_format::frame::CAP_DIGESTS
     | wire_format::frame::CAP_LAZY_INDEX
-    | wire_format::frame::CAP_BLOCK_REFS;
+    | wire_format::frame::CAP_BLOCK_REFS
+    | wire_format::frame::CAP_ZSTD_STREAM;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

@@ -76,6 +76,8 @@ pub struct FerryDetails {
     pub zstd_raw_bytes: u64,
     pub deduped_chunks: u64,
     pub deduped_bytes: u64,
+    /// 4 KiB blocks the backend named by where it sent them before (`ChunkPieces`).
+    pub deduped_blocks: u64,
     pub ref_misses: u64,
 }
 
@@ -93,6 +95,7 @@ impl From<&Status> for FerryDetails {
             zstd_raw_bytes: s.zstd_raw_bytes,
             deduped_chunks: s.deduped_chunks,
             deduped_bytes: s.deduped_bytes,
+            deduped_blocks: s.deduped_blocks,
             ref_misses: s.ref_misses,
         }
     }
@@ -431,8 +434,11 @@ impl WanReport {
             o,
             "\n### What Ferry did (`ferry status --json` at the end of the last round)\n"
         );
-        let _ = writeln!(o, "| link | compression | chunks | zero or free (not sent) | zstd chunks (MiB raw) | deduped chunks (MiB) | sent as raw data, chunks | Ferry wire MiB | emulator wire MiB | connections | CPU s backend / frontend |");
-        let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(o, "| link | compression | chunks | zero or free (not sent) | zstd chunks (MiB raw) | deduped chunks (MiB) | 4 KiB blocks copied, not sent (MiB) | other chunks (raw, or pieces) | Ferry wire MiB | emulator wire MiB | connections | CPU s backend / frontend |");
+        let _ = writeln!(
+            o,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
         for r in &self.results {
             for t in &r.tools {
                 let Some(run) = t.runs.last() else { continue };
@@ -442,7 +448,7 @@ impl WanReport {
                     .saturating_sub(f.chunks_zero + f.zstd_chunks + f.deduped_chunks);
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} ({}) | {} ({}) | {raw} | {} | {} | {} | {:.1} / {:.1} |",
+                    "| {} | {} | {} | {} | {} ({}) | {} ({}) | {} ({}) | {raw} | {} | {} | {} | {:.1} / {:.1} |",
                     r.link.as_ref().map_or("loopback".into(), |l| l.text.clone()),
                     if t.key == FERRY_OFF { "off" } else { "auto" },
                     f.chunks_total,
@@ -451,6 +457,8 @@ impl WanReport {
                     mib(f.zstd_raw_bytes),
                     f.deduped_chunks,
                     mib(f.deduped_bytes),
+                    f.deduped_blocks,
+                    mib(f.deduped_blocks * 4096),
                     mib(f.wire_bytes),
                     run.wire_bytes.map_or("–".into(), mib),
                     run.connections.map_or("–".into(), |c| c.to_string()),
