@@ -443,26 +443,16 @@ impl Zstd {
         if n as f64 <= raw.len() as f64 * WORTH_RATIO && n > 0 {
             self.streak = 0;
             self.backoff = BACKOFF_MIN;
-            Some(n)
-        } else if self.streaming {
-            // In the stream it must go out (the frontend's history must match ours); it
-            // still counts toward backing off.
-            self.streak += 1;
-            if self.streak >= INCOMPRESSIBLE_STREAK {
-                self.streak = 0;
-                self.skip = self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-            }
-            Some(n)
-        } else {
-            self.streak += 1;
-            if self.streak >= INCOMPRESSIBLE_STREAK {
-                self.streak = 0;
-                self.skip = self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-            }
-            None
+            return Some(n);
         }
+        self.streak += 1;
+        if self.streak >= INCOMPRESSIBLE_STREAK {
+            self.streak = 0;
+            self.skip = self.backoff;
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        }
+        // In the stream it must go out anyway: the frontend's history must match ours.
+        self.streaming.then_some(n)
     }
 
     /// Appends `raw` to the connection's stream at `level` and flushes: the chunk's bytes
