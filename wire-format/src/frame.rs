@@ -654,14 +654,9 @@ pub enum Frame<'a> {
         handle: u32,
         /// Chunk index.
         chunk: u64,
-        /// Length of the chunk's content.
-        raw_len: u32,
-        /// crc32c of the literal bytes, uncompressed.
-        lit_crc: u32,
-        /// `data` is a zstd frame of the literal bytes.
-        zstd: bool,
-        /// `count × BLOCK_REF_LEN` bytes, checked; read them with [`block_refs`].
-        refs: &'a [u8],
+        /// Length, literal crc, compression and references (checked; read the references
+        /// with [`block_refs`]).
+        pieces: Pieces<'a>,
         /// The literal bytes (or their zstd frame); empty when every block is named.
         data: &'a [u8],
     },
@@ -805,19 +800,10 @@ impl<'a> Frame<'a> {
             Frame::ChunkPieces {
                 handle,
                 chunk,
-                raw_len,
-                lit_crc,
-                zstd,
-                refs,
+                ref pieces,
                 data,
             } => {
-                let pieces = Pieces {
-                    raw_len,
-                    lit_crc,
-                    zstd,
-                    refs,
-                };
-                encode_chunk_pieces_prefix(id, handle, chunk, &pieces, data, out)?;
+                encode_chunk_pieces_prefix(id, handle, chunk, pieces, data, out)?;
                 out.extend_from_slice(data);
                 return Ok(());
             }
@@ -1072,7 +1058,7 @@ pub fn encode_chunk_zstd_prefix(
 
 /// The fixed fields of a `ChunkPieces` (see [`Frame::ChunkPieces`]); `refs` already in wire
 /// form ([`BlockRef::put`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pieces<'a> {
     /// Length of the chunk's content.
     pub raw_len: u32,
@@ -1443,10 +1429,7 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             Frame::ChunkPieces {
                 handle,
                 chunk,
-                raw_len,
-                lit_crc,
-                zstd,
-                refs,
+                pieces,
                 data,
             }
         }

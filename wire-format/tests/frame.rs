@@ -205,10 +205,12 @@ fn pieces(max_data: usize) -> impl Strategy<Value = Frame<'static>> {
                 Frame::ChunkPieces {
                     handle,
                     chunk,
-                    raw_len,
-                    lit_crc,
-                    zstd: zstd && literal > 0,
-                    refs: leak_bytes(refs),
+                    pieces: Pieces {
+                        raw_len,
+                        lit_crc,
+                        zstd: zstd && literal > 0,
+                        refs: leak_bytes(refs),
+                    },
                     data,
                 }
             },

@@ -156,10 +156,12 @@ fn frame_seeds() -> Seeds {
             Frame::ChunkPieces {
                 handle: 1,
                 chunk: 6,
-                raw_len: frame::BLOCK_LEN as u32 + 64,
-                lit_crc: 0,
-                zstd: false,
-                refs: &block_refs,
+                pieces: frame::Pieces {
+                    raw_len: frame::BLOCK_LEN as u32 + 64,
+                    lit_crc: 0,
+                    zstd: false,
+                    refs: &block_refs,
+                },
                 data: &data,
             },
         ),

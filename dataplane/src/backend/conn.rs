@@ -631,25 +631,13 @@ impl Conn {
                                 parts.push((false, h0..head.len()));
                                 data_bytes += data.len() as u64;
                             }
-                            Encoded::Pieces {
-                                refs,
-                                data,
-                                zstd,
-                                lit_crc,
-                                raw_len,
-                            } => {
+                            Encoded::Pieces { pieces, data } => {
                                 self.metrics.chunk(
                                     class,
                                     Form::Pieces,
                                     logical,
-                                    (refs.len() + data.len()) as u64,
+                                    (pieces.refs.len() + data.len()) as u64,
                                 );
-                                let pieces = frame::Pieces {
-                                    raw_len,
-                                    lit_crc,
-                                    zstd,
-                                    refs,
-                                };
                                 frame::encode_chunk_pieces_prefix(
                                     id,
                                     handle,

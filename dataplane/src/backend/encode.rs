@@ -80,13 +80,11 @@ pub enum Encoded<'a> {
     Zstd { data: &'a [u8], raw_crc: u32 },
     /// Send only the digest.
     Ref([u8; DIGEST_LEN]),
-    /// Send named blocks (`refs`, in wire form) and the literal rest (`data`, zstd or not).
+    /// Send named blocks (`pieces.refs`, in wire form) and the literal rest (`data`, zstd
+    /// or not).
     Pieces {
-        refs: &'a [u8],
+        pieces: wire_format::frame::Pieces<'a>,
         data: &'a [u8],
-        zstd: bool,
-        lit_crc: u32,
-        raw_len: u32,
     },
 }
 
@@ -360,21 +358,25 @@ impl Encoder {
             if let Some(n) = z.compress(&self.literal) {
                 self.stats.wire_bytes += (self.piece_refs.len() + n) as u64;
                 return Encoded::Pieces {
-                    refs: &self.piece_refs,
+                    pieces: wire_format::frame::Pieces {
+                        raw_len,
+                        lit_crc,
+                        zstd: true,
+                        refs: &self.piece_refs,
+                    },
                     data: &z.out[..n],
-                    zstd: true,
-                    lit_crc,
-                    raw_len,
                 };
             }
         }
         self.stats.wire_bytes += (self.piece_refs.len() + self.literal.len()) as u64;
         Encoded::Pieces {
-            refs: &self.piece_refs,
+            pieces: wire_format::frame::Pieces {
+                raw_len,
+                lit_crc,
+                zstd: false,
+                refs: &self.piece_refs,
+            },
             data: &self.literal,
-            zstd: false,
-            lit_crc,
-            raw_len,
         }
     }
 
@@ -836,11 +838,14 @@ mod tests {
         let b: Vec<u8> = [blk(3), blk(4), blk(9), vec![0; BLOCK_LEN]].concat();
         match e.encode(&b, Some((&table, cs as u64)), true, true) {
             Encoded::Pieces {
-                refs,
+                pieces:
+                    wire_format::frame::Pieces {
+                        refs,
+                        zstd,
+                        lit_crc,
+                        raw_len,
+                    },
                 data,
-                zstd,
-                lit_crc,
-                raw_len,
             } => {
                 let refs: Vec<BlockRef> = wire_format::frame::block_refs(refs).collect();
                 let want = |block: u16, at: usize, s: u8| BlockRef {
@@ -866,8 +871,8 @@ mod tests {
         let d: Vec<u8> = [blk(9), blk(1), blk(9), blk(2)].concat();
         assert!(matches!(
             e.encode(&d, Some((&table, 3 * cs as u64)), true, true),
-            Encoded::Pieces { refs, data, .. }
-                if refs.len() == 4 * wire_format::frame::BLOCK_REF_LEN && data.is_empty()
+            Encoded::Pieces { pieces, data }
+                if pieces.refs.len() == 4 * wire_format::frame::BLOCK_REF_LEN && data.is_empty()
         ));
         assert_eq!(e.stats().piece_chunks, 2);
         assert_eq!(e.stats().piece_blocks, 6);

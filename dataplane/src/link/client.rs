@@ -419,10 +419,13 @@ impl BackendLink {
                 Frame::ChunkPieces {
                     handle,
                     chunk,
-                    raw_len,
-                    lit_crc,
-                    zstd,
-                    refs,
+                    pieces:
+                        frame::Pieces {
+                            raw_len,
+                            lit_crc,
+                            zstd,
+                            refs,
+                        },
                     data,
                 } => {
                     self.check_handle(handle)?;
