@@ -124,6 +124,8 @@ pub async fn serve(stream: Stream, volumes: Arc<Vec<SourceVolume>>, metrics: Arc
                 ref_chunks = st.ref_chunks,
                 piece_chunks = st.piece_chunks,
                 piece_blocks = st.piece_blocks,
+                unhashed_chunks = st.unhashed_chunks,
+                receiver_bound_chunks = st.receiver_bound_chunks,
                 logical_bytes = st.logical_bytes,
                 wire_bytes = st.wire_bytes,
                 zstd_level = conn.encoder.borrow().level(),

@@ -8,7 +8,8 @@
 //! (like `zstd --adapt`): how much of the wall time the connection's socket was busy taking
 //! a send (a link-bound sender is always blocked in send; a fast link is mostly idle), and
 //! each level's speed on this data. Link-bound: one level up, if that level keeps
-//! [`SPEED_MARGIN`] × ahead of the flow. Not link-bound: one level down, to none — so on a
+//! [`SPEED_MARGIN`] × ahead of the flow (the bytes given to the compressor, not the chunks
+//! that went as zero, references or raw). Not link-bound: one level down, to none — so on a
 //! fast link (loopback) compression switches itself off within a window. Chunks that do not
 //! shrink go raw, and after a run of them the encoder only probes each chunk (two 4 KiB
 //! samples at level 1) until one looks compressible: incompressible data must not cost CPU
@@ -25,8 +26,10 @@
 //! **Hashing pays on the same terms as compression.** SHA-256 runs at about 1.5 GB/s a core
 //! (SHA-NI), slower than a loopback or 10 Gbit/s link carries the chunk. With a frontend that
 //! indexes unhashed content later ([`wire_format::frame::CAP_LAZY_INDEX`]) the encoder hashes
-//! only while the link is the bottleneck (the same windows as compression) or the frontend
-//! announced content it holds (a reference can hit from the first chunk). Unhashed chunks go
+//! only while the link is the bottleneck or compression is still on (the same windows as
+//! compression; it steps down a level per idle window, so a short lull does not leave blocks
+//! unremembered), or the frontend announced content it holds (a reference can hit from the
+//! first chunk). Unhashed chunks go
 //! out raw without a digest and are not remembered, so they are never referenced later.
 
 use std::collections::HashSet;
@@ -98,6 +101,10 @@ pub struct EncodeStats {
     pub piece_blocks: u64,
     pub logical_bytes: u64,
     pub wire_bytes: u64,
+    /// Chunks sent without hashing (lazy, link not the bottleneck): never referenced later.
+    pub unhashed_chunks: u64,
+    /// Chunks the frontend asked for while it said it was the bottleneck itself.
+    pub receiver_bound_chunks: u64,
 }
 
 pub struct Encoder {
@@ -135,6 +142,8 @@ struct Zstd {
     streak: u32,
     skip: u32,
     backoff: u32,
+    /// Bytes given to the compressor in this window (probes aside).
+    fed: u64,
 }
 
 /// A connection's compression stream: each chunk is one flush, so it can be decoded as it
@@ -193,6 +202,7 @@ impl Encoder {
                     streak: 0,
                     skip: 0,
                     backoff: BACKOFF_MIN,
+                    fed: 0,
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "zstd unavailable; sending raw");
@@ -271,7 +281,14 @@ impl Encoder {
         let mut digest = None;
         // A frontend that is itself the bottleneck (`!allow_zstd`) makes the socket look busy
         // too; hashing for it would only slow both sides.
-        let hash = !self.lazy || self.announced || (self.bound && allow_zstd);
+        // Compressing means some window found the link the bottleneck: the level steps down
+        // only a window at a time after the link stops being it, and a block sent unhashed in
+        // a lull is never named later (on the WAN sample, 912 chunks of one connection went
+        // out so between busy windows).
+        let compressing = self.zstd.as_ref().is_some_and(|z| z.level.is_some());
+        let hash = !self.lazy || self.announced || ((self.bound || compressing) && allow_zstd);
+        self.stats.unhashed_chunks += u64::from(!hash);
+        self.stats.receiver_bound_chunks += u64::from(!allow_zstd);
         if let Some(set) = self.refs.as_mut().filter(|_| hash) {
             let d = crate::dedup::digest(raw);
             digest = Some(d);
@@ -393,13 +410,20 @@ impl Encoder {
             } else {
                 w.busy.as_secs_f64() / wall.as_secs_f64()
             };
-            let flow = w.raw_bytes as f64 / wall.as_secs_f64();
+            let raw_flow = w.raw_bytes as f64 / wall.as_secs_f64();
             if util >= BUSY_HIGH {
                 self.bound = true;
             } else if util < BUSY_LOW {
                 self.bound = false;
             }
             if let Some(z) = self.zstd.as_mut() {
+                // What the compressor must keep up with: the bytes it was given, not the
+                // chunks sent as zero, references or probed-raw (those made the flow look
+                // several times larger in windows full of repeats, and the level see-sawed,
+                // each change ending the stream's frame and its history). Before compressing
+                // at all, every chunk might be.
+                let fed = std::mem::take(&mut z.fed) as f64 / wall.as_secs_f64();
+                let flow = if z.level.is_some() { fed } else { raw_flow };
                 z.adapt(util, flow);
             }
             self.window = Window::new();
@@ -418,6 +442,7 @@ impl Zstd {
             }
             self.skip = 0;
         }
+        self.fed += raw.len() as u64;
         let bound = zstd::zstd_safe::compress_bound(raw.len());
         if self.out.len() < bound {
             self.out.resize(bound, 0);
@@ -528,7 +553,7 @@ impl Zstd {
     }
 
     /// One step per window: up while the link is the bottleneck and the next level keeps
-    /// ahead of the flow (raw bytes/s), down while it is not.
+    /// ahead of the flow (bytes/s to compress), down while it is not.
     fn adapt(&mut self, util: f64, flow: f64) {
         let next = if util >= BUSY_HIGH {
             let up = self.level.map_or(0, |i| i + 1);
@@ -627,6 +652,53 @@ mod tests {
             "a link-bound sender should climb levels, got {}",
             e.level()
         );
+    }
+
+    #[test]
+    fn chunks_that_need_no_compression_do_not_pull_the_level_down() {
+        let mut e = Encoder::new(true, true, true, false, false);
+        let raw = text(65536);
+        drive(&mut e, &raw, 6, 1.0);
+        assert_eq!(e.level(), 9);
+        // A busy window: one chunk compressed, at a level measured at 50 MB/s, and 20 MB of
+        // chunks that went as zero or references (200 MB/s of volume, no compression).
+        let measured = [400e6, 250e6, 90e6, 50e6];
+        e.encode(&raw, None, false, true);
+        e.zstd.as_mut().unwrap().speed = measured;
+        e.window.raw_bytes += 20_000_000;
+        for _ in 0..WINDOW_SENDS {
+            e.sent(WINDOW.mul_f64(1.25 / WINDOW_SENDS as f64));
+        }
+        e.window.start -= WINDOW;
+        e.sent(Duration::ZERO);
+        assert_eq!(
+            e.level(),
+            9,
+            "the compressor kept up with what it was given"
+        );
+        // Given more than it can take, it steps down.
+        e.zstd.as_mut().unwrap().fed = 20_000_000;
+        e.zstd.as_mut().unwrap().speed = measured;
+        for _ in 0..WINDOW_SENDS {
+            e.sent(WINDOW.mul_f64(1.25 / WINDOW_SENDS as f64));
+        }
+        e.window.start -= WINDOW;
+        e.sent(Duration::ZERO);
+        assert_eq!(e.level(), 6);
+    }
+
+    #[test]
+    fn a_lull_between_busy_windows_still_hashes_while_compressing() {
+        let mut e = Encoder::new(true, true, true, false, false);
+        drive(&mut e, &text(4096), 3, 1.0);
+        // One idle window: not link-bound any more, but still compressing (a step down).
+        drive(&mut e, &text(4096), 1, 0.0);
+        assert!(!e.bound);
+        assert!(e.level() > 0);
+        // So content is still hashed and remembered, and its repeat goes as a reference.
+        let b = words(5, 65536);
+        assert!(!matches!(e.encode(&b, None, true, true), Encoded::Ref(_)));
+        assert!(matches!(e.encode(&b, None, true, true), Encoded::Ref(_)));
     }
 
     /// Seeded "words": compresses in a chunk of its own, but not to nothing.
