@@ -6,7 +6,7 @@
 //! `wire_format::nbd`: a test should not share its codec with the code under test.
 
 mod common;
-use common::fake_backend::{FakeBackend, Fault};
+use common::fake_backend::{lying_fill, FakeBackend, Fault};
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -250,6 +250,7 @@ fn corrupt_backend_case(fault: Fault) {
     let words: &[&str] = match fault {
         Fault::BadCrc => &["crc", "checksum"],
         Fault::Truncated => &["closed", "eof", "truncated", "connection", "reset"],
+        Fault::LyingPieces => unreachable!("a lie in what pieces name is not a corrupt frame"),
     };
     assert!(
         words.iter().any(|w| log.contains(w)),
@@ -277,6 +278,50 @@ fn backend_chunk_with_bad_crc_gives_eio_and_stores_nothing() {
 #[test]
 fn backend_truncated_frame_gives_eio_and_stores_nothing() {
     corrupt_backend_case(Fault::Truncated);
+}
+
+/// A backend that names blocks in `ChunkPieces` where their content is not (its table of
+/// what it sent is wrong, or it lies): the frontend copies nothing it cannot check, fetches
+/// the chunk again as data, and serves and stores the true content.
+#[test]
+fn named_blocks_that_are_not_where_named_are_fetched_as_data() {
+    require_tools(&["qemu-io"]);
+    if ServerKind::from_env() == ServerKind::Reference {
+        eprintln!("NOTE: FERRY_TEST_SERVER=qemu-nbd: fake-backend tests are Ferry-only; not run");
+        return;
+    }
+    let dir = test_dir("lying-pieces");
+    let fake = FakeBackend::start(Fault::LyingPieces, FAKE_SIZE, FAKE_CHUNK);
+    // Background paused: the reads below fetch, one chunk at a time, in this order.
+    let mut h = Harness::start_frontend_only(dir.path(), &fake.addr, Opts::default().rate("0"));
+    let mut c = nbd::Client::connect(&h.sock, &h.opts.volume);
+    let chunk = u64::from(FAKE_CHUNK);
+    // Chunk 0 first, so what chunk 1's lie names (volume offset 0) is on the target.
+    assert_eq!(c.read(0, 4096), Ok(vec![lying_fill(0); 4096]));
+    for n in [1u64, 2] {
+        let got = c
+            .read(n * chunk, FAKE_CHUNK)
+            .expect("read of a chunk that came as pieces");
+        assert!(
+            got.iter().all(|&b| b == lying_fill(n)),
+            "chunk {n}: served something other than its true content (first bytes {:?})\n{}",
+            &got[..8],
+            h.frontend_stderr()
+        );
+    }
+    drop(c);
+    let st = h.status().unwrap();
+    assert_eq!(get_u64(&st, "block_ref_misses"), 2, "{st}");
+    assert_eq!(get_u64(&st, "deduped_blocks"), 0, "{st}");
+    assert_eq!(get_u64(&st, "chunks_present"), 3, "{st}");
+    for n in 0..3u64 {
+        let stored = read_at(&h.target, n * chunk, FAKE_CHUNK as usize);
+        assert!(
+            stored.iter().all(|&b| b == lying_fill(n)),
+            "chunk {n}: the target holds something other than its true content"
+        );
+    }
+    assert!(h.frontend_running(), "{}", h.frontend_stderr());
 }
 
 /// The admin socket is an entry point too: malformed JSON, wrong types, unknown commands and

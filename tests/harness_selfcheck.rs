@@ -60,7 +60,8 @@ fn fake_backend_speaks_the_protocol_then_faults() {
     use std::io::{Read, Write};
     use wire_format::frame::{self, Class, Frame};
 
-    for fault in [Fault::BadCrc, Fault::Truncated] {
+    for fault in [Fault::BadCrc, Fault::Truncated, Fault::LyingPieces] {
+        let lying = fault == Fault::LyingPieces;
         let fake = FakeBackend::start(fault, 4 * MIB, 65536);
         let mut s = std::net::TcpStream::connect(&fake.addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
@@ -69,7 +70,7 @@ fn fake_backend_speaks_the_protocol_then_faults() {
         Frame::Hello {
             version_min: 1,
             version_max: 1,
-            capabilities: 0,
+            capabilities: if lying { frame::CAP_BLOCK_REFS } else { 0 },
             agent: "selfcheck",
         }
         .encode(0, &mut out)
@@ -111,12 +112,17 @@ fn fake_backend_speaks_the_protocol_then_faults() {
                 Err(_) => break "error",
             }
         };
-        assert_eq!(kinds, ["HelloAck", "OpenOk", "Extents"], "{fault:?}");
+        let mut want_kinds = vec!["HelloAck", "OpenOk", "Extents"];
+        if lying {
+            // A well-formed frame: the lie is in what it names, for the frontend to catch.
+            want_kinds.push("ChunkPieces");
+        }
+        assert_eq!(kinds, want_kinds, "{fault:?}");
         let want = match fault {
             Fault::BadCrc => "error",
-            Fault::Truncated => "incomplete",
+            Fault::Truncated | Fault::LyingPieces => "incomplete",
         };
-        assert_eq!(end, want, "{fault:?}: the ChunkData must be {want}");
+        assert_eq!(end, want, "{fault:?}: the reply must be {want}");
         assert_eq!(fake.fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

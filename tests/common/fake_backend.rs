@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use wire_format::frame::{ErrorCode, Frame, Header, HEADER_LEN};
+use sha2::{Digest, Sha256};
+use wire_format::frame::{
+    BlockRef, ErrorCode, Frame, Header, Pieces, BLOCK_LEN, CAP_BLOCK_REFS, HEADER_LEN,
+};
 
 /// What the fake does to `ChunkData` replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +20,17 @@ pub enum Fault {
     BadCrc,
     /// The first half of a ChunkData frame, then the connection is closed.
     Truncated,
+    /// Agrees `CAP_BLOCK_REFS` and lies in `ChunkPieces`: every chunk but 0 comes with its
+    /// block 0 named at a place that does not hold it — odd chunks at volume offset 0 (chunk
+    /// 0's content, under the digest of the true block), even ones past the end of the
+    /// volume. Chunk 0 and fetches with `no_refs` get the true data. Chunk `c` is filled with
+    /// [`lying_fill`]`(c)`.
+    LyingPieces,
+}
+
+/// Byte chunk `c` is filled with under [`Fault::LyingPieces`].
+pub fn lying_fill(chunk: u64) -> u8 {
+    (chunk % 251) as u8 + 1
 }
 
 /// Byte every fake chunk is filled with (before the fault).
@@ -112,10 +126,13 @@ fn serve(mut s: TcpStream, cfg: Cfg, fetches: &AtomicUsize) {
 fn respond(id: u64, f: &Frame<'_>, cfg: Cfg, fetches: &AtomicUsize) -> Reply {
     let mut out = Vec::new();
     match f {
-        Frame::Hello { .. } => {
+        Frame::Hello { capabilities, .. } => {
             Frame::HelloAck {
                 version: 1,
-                capabilities: 0,
+                capabilities: match cfg.fault {
+                    Fault::LyingPieces => capabilities & CAP_BLOCK_REFS,
+                    Fault::BadCrc | Fault::Truncated => 0,
+                },
             }
             .encode(id, &mut out)
             .unwrap();
@@ -135,6 +152,48 @@ fn respond(id: u64, f: &Frame<'_>, cfg: Cfg, fetches: &AtomicUsize) -> Reply {
             }
             .encode(id, &mut out)
             .unwrap();
+        }
+        Frame::Fetch {
+            handle,
+            chunks,
+            no_refs,
+            ..
+        } if cfg.fault == Fault::LyingPieces => {
+            fetches.fetch_add(chunks.len(), Ordering::SeqCst);
+            for &chunk in chunks {
+                let data = vec![lying_fill(chunk); cfg.chunk_size as usize];
+                if chunk == 0 || *no_refs {
+                    Frame::ChunkData {
+                        handle: *handle,
+                        chunk,
+                        data: &data,
+                    }
+                    .encode(id, &mut out)
+                    .unwrap();
+                    continue;
+                }
+                let mut refs = Vec::new();
+                BlockRef {
+                    block: 0,
+                    offset: if chunk % 2 == 1 { 0 } else { cfg.size },
+                    digest: Sha256::digest(&data[..BLOCK_LEN]).into(),
+                }
+                .put(&mut refs);
+                let literal = &data[BLOCK_LEN..];
+                Frame::ChunkPieces {
+                    handle: *handle,
+                    chunk,
+                    pieces: Pieces {
+                        raw_len: cfg.chunk_size,
+                        lit_crc: crc32c::crc32c(literal),
+                        zstd: false,
+                        refs: &refs,
+                    },
+                    data: literal,
+                }
+                .encode(id, &mut out)
+                .unwrap();
+            }
         }
         Frame::Fetch { handle, chunks, .. } => {
             fetches.fetch_add(chunks.len(), Ordering::SeqCst);
@@ -157,6 +216,7 @@ fn respond(id: u64, f: &Frame<'_>, cfg: Cfg, fetches: &AtomicUsize) -> Reply {
                         out.truncate(start + (out.len() - start) / 2);
                         return Reply::BytesThenClose(out);
                     }
+                    Fault::LyingPieces => unreachable!("answered above"),
                 }
             }
         }
