@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::child::{run_capture, Proc};
@@ -210,15 +210,11 @@ impl Ferry {
             .map(|_| ())
     }
 
-    /// `ferry status --state-dir DIR --json`.
+    /// What `ferry status --state-dir DIR --json` prints, asked on the frontend's admin
+    /// socket from this process. The timed runs poll it every 50 ms: starting a `ferry
+    /// status` process that often took CPU from the two cores the measured copy runs on.
     pub fn status(&self, state_dir: &Path) -> Result<Status> {
-        let out = run_capture(
-            Command::new(&self.bin)
-                .args(["status", "--json", "--state-dir"])
-                .arg(state_dir),
-            Duration::from_secs(30),
-        )?;
-        serde_json::from_str(&out).map_err(|e| anyhow!("ferry status --json: {e}: {out:?}"))
+        control::cli::current_status(state_dir)
     }
 
     /// `ferry set-rate --state-dir DIR --background-rate RATE` (`0` pauses, `unlimited`).

@@ -1,8 +1,9 @@
 //! Benchmark (a): background hydration against what the disk can do.
 //!
 //! Ferry's number is wall-clock time from starting `ferry frontend` (the backend already
-//! listens) until `ferry status --json` reports `chunks_untouched == 0`, polled every
-//! [`POLL`]; that includes the frontend's start-up, pre-allocating the target and
+//! listens) until its status (what `ferry status --json` prints, asked on the admin socket
+//! from this process, not by starting the command) reports `chunks_untouched == 0`, polled
+//! every [`POLL`]; that includes the frontend's start-up, pre-allocating the target and
 //! making every chunk durable. The volume size divided by it is the rate. The peers are
 //! fio reading the source sequentially with O_DIRECT (what the backend must do) and
 //! fio writing a new target-like file sequentially with O_DIRECT (what the frontend must
@@ -174,7 +175,7 @@ pub fn ferry_round(
     ))
 }
 
-/// Polls `ferry status` every [`POLL`] until `chunks_untouched == 0`; returns the time
+/// Polls the frontend's status every [`POLL`] until `chunks_untouched == 0`; returns the time
 /// since `t0` and that status. Fails when the frontend exits, progress stalls for
 /// [`STALL`], or `timeout` passes.
 pub fn wait_hydrated(
