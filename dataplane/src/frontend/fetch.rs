@@ -317,10 +317,13 @@ impl Shard {
 
     /// One chunk of a request is answered (or given up): in the shared QoS mode its room
     /// under the background cap opens at once, not when the whole batch is stored, so the
-    /// link stays full with a window of only a few chunks.
+    /// link stays full with a window of only a few chunks. The cap also learns what chunks
+    /// cost on the wire.
     fn answered(&self, class: Class) {
         if class == Class::Background {
             self.background_cap.release(1);
+            self.background_cap
+                .answered(self.link_counters.wire_bytes.get());
         }
     }
 

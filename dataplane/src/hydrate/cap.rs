@@ -21,6 +21,15 @@
 //! window gives way to on-demand load by itself. In the shared mode it never drops below the floor: `floor bytes/s × the time a
 //! background request takes now`, so background keeps moving at the configured rate whatever
 //! the on-demand load.
+//!
+//! The rule steers a window of *full chunks' worth of wire bytes*. With separate connections
+//! the chunks allowed outstanding are that many times what a chunk has lately cost on the wire
+//! (up to [`WIRE_SCALE_MAX`] times): a run of zero chunks, references or named blocks carries
+//! a few dozen bytes a chunk, and a window counted in chunks starved the link through such
+//! runs (on the WAN sample at 100 Mbit/s, 3–8 MB/s for seconds while the window grew an
+//! eighth per round trip, and the last second was all zero chunks). The shared mode keeps
+//! counting chunks: there a chunk that turns out large would delay on-demand replies behind
+//! it.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -47,6 +56,12 @@ const SEPARATE_WAN_RTT_MIN: Duration = Duration::from_millis(2);
 /// The base round trip is the minimum of the last two periods of this length, so a route
 /// that got slower is noticed within one to two periods.
 const BASE_PERIOD: Duration = Duration::from_secs(10);
+/// Most chunks a window of one full chunk's wire bytes allows when chunks cost less: bounds
+/// the backlog if a run of small ones ends in incompressible data (the requests then in
+/// flight carry this many times the bytes the rule meant).
+const WIRE_SCALE_MAX: f64 = 8.0;
+/// Answered chunks per measurement of the wire bytes a chunk costs.
+const WIRE_SAMPLE_CHUNKS: u64 = 16;
 /// A full window counts as link-bound for two base round trips after a grant waited, and at
 /// least this long.
 const LINK_BOUND_HOLD_MIN: Duration = Duration::from_millis(50);
@@ -89,6 +104,11 @@ pub struct BackgroundCap {
     slow_start: Cell<bool>,
     /// Smoothed time to the first reply of background requests, queueing included.
     background_rtt: Cell<Option<Duration>>,
+    /// Smoothed wire bytes per answered background chunk, and the counts it was last
+    /// measured from (answered chunks, the link's wire bytes).
+    wire_per_chunk: Cell<f64>,
+    answered: Cell<u64>,
+    measured_at: Cell<(u64, u64)>,
     changed: Notify,
 }
 
@@ -121,6 +141,9 @@ impl BackgroundCap {
             slow_start: Cell::new(true),
             waited_at: Cell::new(None),
             background_rtt: Cell::new(None),
+            wire_per_chunk: Cell::new(f64::from(chunk_bytes.max(1))),
+            answered: Cell::new(0),
+            measured_at: Cell::new((0, 0)),
             changed: Notify::default(),
         };
         // Start like slow start from a few chunks: a long link fills within a few round trips.
@@ -151,7 +174,31 @@ impl BackgroundCap {
         if !self.shared && self.base().is_some_and(|b| b < SEPARATE_WAN_RTT_MIN) {
             return self.max_chunks;
         }
-        (self.window.get().max(self.floor()) as usize).clamp(1, self.max_chunks)
+        let full_chunks = self.window.get().max(self.floor());
+        let scale = if self.shared {
+            1.0
+        } else {
+            (self.chunk_bytes as f64 / self.wire_per_chunk.get()).clamp(1.0, WIRE_SCALE_MAX)
+        };
+        ((full_chunks * scale) as usize).clamp(1, self.max_chunks)
+    }
+
+    /// A background chunk was answered; `link_wire_bytes` is the count of wire bytes the
+    /// shard's links received so far (on-demand ones too: they only make chunks look dearer,
+    /// and the window smaller).
+    pub fn answered(&self, link_wire_bytes: u64) {
+        let n = self.answered.get() + 1;
+        self.answered.set(n);
+        let (n0, w0) = self.measured_at.get();
+        if n - n0 < WIRE_SAMPLE_CHUNKS {
+            return;
+        }
+        self.measured_at.set((n, link_wire_bytes));
+        // A frame header at least: a run of zero chunks is not free.
+        let per_chunk = (link_wire_bytes.saturating_sub(w0) as f64 / (n - n0) as f64).max(32.0);
+        let avg = self.wire_per_chunk.get();
+        self.wire_per_chunk.set(avg / 2.0 + per_chunk / 2.0);
+        self.changed.notify_all();
     }
 
     pub fn outstanding(&self) -> usize {
@@ -347,6 +394,43 @@ mod tests {
         let open = cap.window();
         settle(&cap, Duration::from_millis(240), 20);
         assert!(cap.window() < open / 4, "{open} -> {}", cap.window());
+    }
+
+    #[test]
+    fn with_separate_connections_cheap_chunks_widen_the_window_within_a_bound() {
+        let answer = |cap: &BackgroundCap, chunks: u64, wire_each: u64, wire: &mut u64| {
+            for _ in 0..chunks {
+                *wire += wire_each;
+                cap.answered(*wire);
+            }
+        };
+        let mut wire = 0;
+        let cap = BackgroundCap::new(false, 65536, 4096, 0);
+        cap.sample(Duration::from_millis(40), false);
+        settle(&cap, Duration::from_millis(40) + SEPARATE_TARGET_DELAY, 1);
+        let w = cap.window();
+        // Full chunks: the window as the rule set it.
+        answer(&cap, 64, 65536, &mut wire);
+        assert_eq!(cap.window(), w);
+        // A run of zero chunks: many times more chunks, at most WIRE_SCALE_MAX times.
+        answer(&cap, 256, 20, &mut wire);
+        assert_eq!(cap.window(), (w as f64 * WIRE_SCALE_MAX) as usize);
+        // Compressed to a quarter: about four times.
+        answer(&cap, 256, 16384, &mut wire);
+        let quarter = cap.window();
+        assert!(
+            (w * 7 / 2..=w * 9 / 2).contains(&quarter),
+            "{w} -> {quarter}"
+        );
+        // Back to full chunks: back to the rule's window.
+        answer(&cap, 256, 65536, &mut wire);
+        assert!(cap.window() <= w + 1, "{w} -> {}", cap.window());
+        // The shared mode counts chunks whatever they cost.
+        let cap = BackgroundCap::new(true, 65536, 4096, 0);
+        cap.sample(Duration::from_millis(40), false);
+        let w = cap.window();
+        answer(&cap, 256, 20, &mut wire);
+        assert_eq!(cap.window(), w);
     }
 
     #[test]
