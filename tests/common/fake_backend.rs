@@ -123,6 +123,16 @@ fn serve(mut s: TcpStream, cfg: Cfg, fetches: &AtomicUsize) {
     }
 }
 
+fn chunk_data(id: u64, handle: u32, chunk: u64, data: &[u8], out: &mut Vec<u8>) {
+    Frame::ChunkData {
+        handle,
+        chunk,
+        data,
+    }
+    .encode(id, out)
+    .unwrap();
+}
+
 fn respond(id: u64, f: &Frame<'_>, cfg: Cfg, fetches: &AtomicUsize) -> Reply {
     let mut out = Vec::new();
     match f {
@@ -163,13 +173,7 @@ fn respond(id: u64, f: &Frame<'_>, cfg: Cfg, fetches: &AtomicUsize) -> Reply {
             for &chunk in chunks {
                 let data = vec![lying_fill(chunk); cfg.chunk_size as usize];
                 if chunk == 0 || *no_refs {
-                    Frame::ChunkData {
-                        handle: *handle,
-                        chunk,
-                        data: &data,
-                    }
-                    .encode(id, &mut out)
-                    .unwrap();
+                    chunk_data(id, *handle, chunk, &data, &mut out);
                     continue;
                 }
                 let mut refs = Vec::new();
@@ -200,13 +204,7 @@ fn respond(id: u64, f: &Frame<'_>, cfg: Cfg, fetches: &AtomicUsize) -> Reply {
             let data = vec![FILL; cfg.chunk_size as usize];
             for &chunk in chunks {
                 let start = out.len();
-                Frame::ChunkData {
-                    handle: *handle,
-                    chunk,
-                    data: &data,
-                }
-                .encode(id, &mut out)
-                .unwrap();
+                chunk_data(id, *handle, chunk, &data, &mut out);
                 match cfg.fault {
                     Fault::BadCrc => {
                         let last = out.len() - 1;

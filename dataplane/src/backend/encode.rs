@@ -617,13 +617,18 @@ mod tests {
                 last = zstd::bulk::decompress(data, raw.len()).unwrap();
             }
             std::thread::sleep(WINDOW / 4);
-            for _ in 0..WINDOW_SENDS {
-                e.sent(WINDOW.mul_f64(busy / WINDOW_SENDS as f64 * 1.25));
-            }
-            e.window.start -= WINDOW;
-            e.sent(Duration::ZERO);
+            close_window(e, busy);
         }
         last
+    }
+
+    /// Ends the current window with the socket busy `busy` of it.
+    fn close_window(e: &mut Encoder, busy: f64) {
+        for _ in 0..WINDOW_SENDS {
+            e.sent(WINDOW.mul_f64(busy / WINDOW_SENDS as f64 * 1.25));
+        }
+        e.window.start -= WINDOW;
+        e.sent(Duration::ZERO);
     }
 
     #[test]
@@ -666,11 +671,7 @@ mod tests {
         e.encode(&raw, None, false, true);
         e.zstd.as_mut().unwrap().speed = measured;
         e.window.raw_bytes += 20_000_000;
-        for _ in 0..WINDOW_SENDS {
-            e.sent(WINDOW.mul_f64(1.25 / WINDOW_SENDS as f64));
-        }
-        e.window.start -= WINDOW;
-        e.sent(Duration::ZERO);
+        close_window(&mut e, 1.0);
         assert_eq!(
             e.level(),
             9,
@@ -679,11 +680,7 @@ mod tests {
         // Given more than it can take, it steps down.
         e.zstd.as_mut().unwrap().fed = 20_000_000;
         e.zstd.as_mut().unwrap().speed = measured;
-        for _ in 0..WINDOW_SENDS {
-            e.sent(WINDOW.mul_f64(1.25 / WINDOW_SENDS as f64));
-        }
-        e.window.start -= WINDOW;
-        e.sent(Duration::ZERO);
+        close_window(&mut e, 1.0);
         assert_eq!(e.level(), 6);
     }
 
