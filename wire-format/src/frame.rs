@@ -443,7 +443,7 @@ impl Header {
     /// The crc this header should carry for `payload`.
     pub fn compute_crc(&self, payload: &[u8]) -> u32 {
         let prefix = covered_prefix(self.kind, self.id, self.payload_len);
-        crc32c::crc32c_append(crc32c::crc32c(&prefix), payload)
+        crate::checksum::crc32c_parts(&[&prefix, payload])
     }
 }
 
@@ -1158,9 +1158,7 @@ fn write_prefix(kind: Kind, id: u64, fixed: &[u8], data: &[u8], out: &mut Vec<u8
             && fixed.len() <= PIECES_PREFIX_LEN + MAX_BLOCK_REFS * BLOCK_REF_LEN
     );
     let payload_len = (fixed.len() + data.len()) as u32;
-    let mut crc = crc32c::crc32c(&covered_prefix(kind, id, payload_len));
-    crc = crc32c::crc32c_append(crc, fixed);
-    crc = crc32c::crc32c_append(crc, data);
+    let crc = crate::checksum::crc32c_parts(&[&covered_prefix(kind, id, payload_len), fixed, data]);
     let h = Header {
         kind,
         id,

@@ -3,6 +3,7 @@
 //! * [`frame`]: Ferry wire protocol v1, spoken between backend and frontend over TCP.
 //! * [`nbd`]: the NBD protocol codec (fixed newstyle handshake, simple replies), for both
 //!   the server side (the frontend's export) and the client side (our tools and tests).
+//! * [`checksum`]: the crc32c every frame and the map header carry.
 //! * [`state`]: on-disk codes shared by the dataplane (chunk states, volume-map header).
 //!
 //! # Invariants (do not break them; the fuzz targets in `fuzz/` check the decoders)
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checksum;
 mod cursor;
 pub mod frame;
 pub mod nbd;

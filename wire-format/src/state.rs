@@ -147,7 +147,7 @@ impl MapHeader {
         b[12..16].copy_from_slice(&self.chunk_size.to_be_bytes());
         b[16..24].copy_from_slice(&self.volume_size.to_be_bytes());
         b[24..32].copy_from_slice(&self.chunk_count.to_be_bytes());
-        let crc = crc32c::crc32c(&b[..MAP_CRC_COVERED]);
+        let crc = crate::checksum::crc32c(&b[..MAP_CRC_COVERED]);
         b[MAP_CRC_COVERED..MAP_USED].copy_from_slice(&crc.to_be_bytes());
         b
     }
@@ -170,7 +170,7 @@ impl MapHeader {
             return Err(StateError::UnsupportedVersion(version));
         }
         let expected = be32(MAP_CRC_COVERED);
-        let actual = crc32c::crc32c(&b[..MAP_CRC_COVERED]);
+        let actual = crate::checksum::crc32c(&b[..MAP_CRC_COVERED]);
         if expected != actual {
             return Err(StateError::ChecksumMismatch { expected, actual });
         }

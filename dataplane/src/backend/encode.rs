@@ -317,7 +317,7 @@ impl Encoder {
                 self.stats.wire_bytes += n as u64;
                 Encoded::Zstd {
                     data: &z.out[..n],
-                    raw_crc: crc32c::crc32c(raw),
+                    raw_crc: wire_format::checksum::crc32c(raw),
                 }
             }
             None => {
@@ -364,7 +364,7 @@ impl Encoder {
         let named = self.piece_refs.len() / wire_format::frame::BLOCK_REF_LEN;
         self.stats.piece_chunks += 1;
         self.stats.piece_blocks += named as u64;
-        let lit_crc = crc32c::crc32c(&self.literal);
+        let lit_crc = wire_format::checksum::crc32c(&self.literal);
         // A chunk is at most MAX_DATA_LEN (1 MiB).
         let raw_len = raw_len as u32;
         if let Some(z) = self

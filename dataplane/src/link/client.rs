@@ -105,7 +105,7 @@ fn place_pieces(
             }
         }
     };
-    if literal.len() != literal_len || crc32c::crc32c(literal) != lit_crc {
+    if literal.len() != literal_len || wire_format::checksum::crc32c(literal) != lit_crc {
         bufs.give(buf);
         return Ok(None);
     }
@@ -398,7 +398,7 @@ impl BackendLink {
                     // Decompress straight into the chunk buffer; never more than raw_len bytes.
                     let got = unzstd.decompress(data, &mut buf[..raw_len]);
                     let ok = matches!(got, Ok(n) if n == raw_len)
-                        && crc32c::crc32c(&buf[..raw_len]) == raw_crc;
+                        && wire_format::checksum::crc32c(&buf[..raw_len]) == raw_crc;
                     if !ok {
                         bufs.give(buf);
                         return Err(LinkError::Protocol(format!(
