@@ -574,9 +574,15 @@ impl Shard {
                     None
                 } else {
                     slot.filling.set(true);
-                    let (res, buf) = self.target.write_all_at(buf, offset).await;
+                    let res = match class {
+                        Class::Background => self.coalescer.write(buf, offset).await,
+                        Class::OnDemand => {
+                            let (res, buf) = self.target.write_all_at(buf, offset).await;
+                            self.bufs.give(buf);
+                            res
+                        }
+                    };
                     slot.filling.set(false);
-                    self.bufs.give(buf);
                     Some(res)
                 };
                 if let Some(d) = &self.dedup {

@@ -12,6 +12,7 @@
 //! `Dirty` state in the map (see `sync.rs`).
 
 pub mod admin;
+mod coalesce;
 pub mod coordinator;
 mod dedup;
 pub mod error;
@@ -651,9 +652,12 @@ fn target_alignment(path: &Path, volume_size: u64) -> Result<u32, FrontendError>
 /// Background target writes in flight per core. Without a bound every arriving chunk was
 /// written at once (hundreds of 64 KiB writes queued per core); in paired 1 GiB hydrations
 /// from a RAM-disk source that was slower in each pair than 16 in flight (our disk is noisy:
-/// 1.49-1.91 s against 1.12-1.79 s), 8 was slower too, 16, 32 and 64 alike. 32 per core
-/// also matches fio: 64 KiB writes at depth 32 ran at full speed on this disk.
-const FILLS_IN_FLIGHT: usize = 32;
+/// 1.49-1.91 s against 1.12-1.79 s), 8 was slower too, 16, 32 and 64 alike. Since background
+/// fills of adjacent chunks are written together (`coalesce`), a fill holds its permit while
+/// it waits for neighbours too, and 32 left room for only two 1 MiB runs per core: 64 was
+/// faster in each of 6 alternating pairs of 2 GiB hydrations from a RAM disk (1027-1124 MiB/s
+/// against 913-988), 128 no faster than 64.
+const FILLS_IN_FLIGHT: usize = 64;
 
 /// What every core starts from (shared, read-only).
 struct CoreSetup {
@@ -738,6 +742,7 @@ async fn start_core(
         .as_ref()
         .map(|d| dedup::CoreDedup::open(d.clone(), &target, backfill.clone()));
     let on_demand = Rc::new(LinkSlot::new(link(None), bufs.clone(), counters.clone()));
+    let coalescer = coalesce::Coalescer::new(target.clone(), bufs.clone());
     let shard = Rc::new(shard::Shard {
         id: core,
         geo,
@@ -771,6 +776,7 @@ async fn start_core(
         qos_shared: shared,
         bufs,
         fill_permits: Arc::new(async_lock::Semaphore::new(FILLS_IN_FLIGHT)),
+        coalescer,
         stats: Default::default(),
         latency: Default::default(),
         fetches_in_flight: Default::default(),

@@ -131,6 +131,8 @@ pub struct Shard {
     /// and starve reads (the backend's, when source and target share a device, and the
     /// workload's).
     pub fill_permits: std::sync::Arc<async_lock::Semaphore>,
+    /// Background fills of adjacent chunks write through here as one request.
+    pub coalescer: Rc<super::coalesce::Coalescer>,
     pub stats: ShardStats,
     pub latency: RefCell<FetchLatency>,
     /// Chunks with a fetch in flight, and a signal when that count changes.

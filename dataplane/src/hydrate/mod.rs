@@ -150,9 +150,12 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
     if let Err(e) = shard.sync().await {
         tracing::error!(error = %e, "final sync of hydration failed");
     }
+    let (writes, written_chunks) = shard.coalescer.counts();
     tracing::info!(
         core = shard.id,
         secs = started.elapsed().as_secs_f64(),
+        writes,
+        written_chunks,
         "background hydration of this shard finished"
     );
 }

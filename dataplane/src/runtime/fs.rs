@@ -297,6 +297,36 @@ impl File {
         (Ok(()), buf)
     }
 
+    /// Writes `bufs` back to back from `offset` with one `pwritev`: a run of adjacent chunks
+    /// costs the file system and the device one request instead of one per chunk. Anything
+    /// but the whole run written (an error, a short write) is an error; the caller may then
+    /// write the buffers one by one, which rewrites the same bytes.
+    pub async fn write_vectored_at(
+        &self,
+        bufs: Vec<AlignedBuf>,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<AlignedBuf>) {
+        let mut at = offset;
+        for b in &bufs {
+            if let Err(e) = self.check(at, b.len(), b, 0) {
+                return (Err(e), bufs);
+            }
+            at += b.len() as u64;
+        }
+        let w = op::WriteV::new(bufs);
+        let total = w.total();
+        let (res, (_, w)) = op::write_vectored_at(Rc::clone(&self.inner), w, offset).await;
+        let res = match res {
+            Ok(n) if n as usize == total => Ok(()),
+            Ok(n) => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write at offset {offset}: {n} of {total} bytes"),
+            )),
+            Err(e) => Err(e),
+        };
+        (res, w.bufs)
+    }
+
     /// `fdatasync` through the ring.
     pub async fn fdatasync(&self) -> io::Result<()> {
         op::fsync(Rc::clone(&self.inner), true).await.0.map(drop)

@@ -884,6 +884,61 @@ pub(crate) fn send_gather<H: FdHandle>(
     }
 }
 
+/// Buffers written back to back by one `pwritev`: the buffers and the iovec array live in
+/// this (boxed) struct, so they stay put while the kernel reads them.
+pub struct WriteV {
+    pub bufs: Vec<AlignedBuf>,
+    iov: Vec<libc::iovec>,
+}
+
+impl WriteV {
+    pub fn new(bufs: Vec<AlignedBuf>) -> Box<WriteV> {
+        Box::new(WriteV {
+            bufs,
+            iov: Vec::new(),
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.bufs.iter().map(|b| b.len()).sum()
+    }
+}
+
+/// `pwritev` of every buffer of `w` (each `[..len]`), in order, at `offset`. At most
+/// [`IOV_MAX`] buffers and `MAX_RW_BYTES` in all (checked): callers write more in several ops.
+pub(crate) fn write_vectored_at<H: FdHandle>(
+    fd: H,
+    mut w: Box<WriteV>,
+    offset: u64,
+) -> Op<(H, Box<WriteV>)> {
+    assert!(
+        w.bufs.len() <= IOV_MAX && w.total() <= MAX_RW_BYTES,
+        "write_vectored_at: {} buffers, {} bytes: over one op's bounds",
+        w.bufs.len(),
+        w.total()
+    );
+    let mut iov = std::mem::take(&mut w.iov);
+    iov.clear();
+    for b in &w.bufs {
+        iov.push(libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        });
+    }
+    w.iov = iov;
+    let n = w.iov.len() as u32;
+    // SAFETY: rule 1: the iovec array and every buffer it points at ([..len] of each) are heap
+    // memory owned by the boxed WriteV, which travels with the op; the kernel only reads them.
+    // Rule 2: `fd` travels with the op.
+    unsafe {
+        Op::submit((fd, w), |_, (fd, w)| {
+            opcode::Writev::new(types::Fd(fd.raw()), w.iov.as_ptr(), n)
+                .offset(offset)
+                .build()
+        })
+    }
+}
+
 /// `accept4(SOCK_CLOEXEC)` without the peer address.
 pub(crate) fn accept<H: FdHandle>(fd: H) -> Op<H> {
     // SAFETY: null address pointers name no memory (rule 1); `fd` travels with the op (rule 2).
