@@ -211,7 +211,7 @@ impl Ferry {
     }
 
     /// What `ferry status --state-dir DIR --json` prints, asked on the frontend's admin
-    /// socket from this process. The timed runs poll it every 50 ms: starting a `ferry
+    /// socket from this process. The timed runs poll it every 10 ms: starting a `ferry
     /// status` process that often took CPU from the two cores the measured copy runs on.
     pub fn status(&self, state_dir: &Path) -> Result<Status> {
         control::cli::current_status(state_dir)

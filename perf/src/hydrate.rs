@@ -29,8 +29,10 @@ use crate::child::Proc;
 use crate::ferry::{Ferry, Status};
 use crate::fio::FioJob;
 
-/// Status polling interval (the measurement's resolution).
-pub const POLL: Duration = Duration::from_millis(50);
+/// Status polling interval (the measurement's resolution). A 2 GiB hydration takes 1-3 s
+/// here: 50 ms added 25 ms to Ferry's time on average, about 1.5 %. One status costs a unix
+/// socket round trip and a message to each core, a few tens of microseconds.
+pub const POLL: Duration = Duration::from_millis(10);
 
 /// A hydration whose progress stands still this long has failed; say so without
 /// waiting for the whole timeout.
