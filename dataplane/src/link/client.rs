@@ -374,8 +374,7 @@ impl BackendLink {
                             buf.len()
                         )));
                     }
-                    buf.set_len(data.len());
-                    buf.copy_from_slice(data);
+                    buf.fill_streaming(data);
                     LinkCounters::add(&counters.wire_bytes, data.len() as u64);
                     Reply::Data { chunk, buf, digest }
                 }

@@ -134,6 +134,66 @@ impl AlignedBuf {
     pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
     }
+
+    /// Makes the buffer `src` (its length becomes `src.len()`; panics if that exceeds the
+    /// capacity), written with non-temporal stores on x86_64.
+    ///
+    /// For data the CPU will not read again before the device does (a fetched chunk on its way
+    /// to an O_DIRECT write): a plain copy first reads every destination line into the cache
+    /// and then evicts other data to hold it. Measured here, 64 KiB copies into 64 MiB of
+    /// recycled buffers: 10.6-11.0 GB/s with `copy_from_slice`, 23.9-25.4 GB/s streaming; that
+    /// copy was 8 % of the CPU of a loopback hydration.
+    pub fn fill_streaming(&mut self, src: &[u8]) {
+        assert!(
+            src.len() <= self.cap,
+            "AlignedBuf::fill_streaming: {} bytes into capacity {}",
+            src.len(),
+            self.cap
+        );
+        self.len = src.len();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `self` owns `cap >= src.len()` bytes at `ptr`, 4096-aligned; `src` is
+        // another allocation (`&mut self` and `&[u8]` cannot alias).
+        unsafe {
+            stream_copy(self.ptr.as_ptr(), src);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        self.copy_from_slice(src);
+    }
+}
+
+/// Copies `src` to `dst` with 16-byte non-temporal stores (SSE2, part of every x86_64).
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` bytes of writes, 16-byte aligned, and not overlap `src`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stream_copy(dst: *mut u8, src: &[u8]) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    let whole = src.len() / 64 * 64;
+    let s = src.as_ptr();
+    let mut i = 0;
+    while i < whole {
+        // SAFETY: i + 64 <= whole <= src.len(), so the loads stay inside `src` and the stores
+        // inside `dst` (caller: valid for src.len() bytes); `dst + i` is 16-byte aligned
+        // (caller: `dst` is; i is a multiple of 64). Unaligned loads need no alignment.
+        unsafe {
+            let a = _mm_loadu_si128(s.add(i).cast::<__m128i>());
+            let b = _mm_loadu_si128(s.add(i + 16).cast::<__m128i>());
+            let c = _mm_loadu_si128(s.add(i + 32).cast::<__m128i>());
+            let d = _mm_loadu_si128(s.add(i + 48).cast::<__m128i>());
+            _mm_stream_si128(dst.add(i).cast::<__m128i>(), a);
+            _mm_stream_si128(dst.add(i + 16).cast::<__m128i>(), b);
+            _mm_stream_si128(dst.add(i + 32).cast::<__m128i>(), c);
+            _mm_stream_si128(dst.add(i + 48).cast::<__m128i>(), d);
+        }
+        i += 64;
+    }
+    // Streaming stores are weakly ordered: fence them before anything that publishes the
+    // buffer (the SQE that hands it to the kernel).
+    // SAFETY: a fence has no preconditions.
+    unsafe { _mm_sfence() };
+    // SAFETY: the tail [whole, len) is inside both (see above) and they do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(s.add(whole), dst.add(whole), src.len() - whole) };
 }
 
 impl Drop for AlignedBuf {
@@ -396,6 +456,29 @@ impl fmt::Debug for BufPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fill_streaming_copies_every_length_from_any_source_offset() {
+        let src: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(97) >> 3) as u8)
+            .collect();
+        let mut b = AlignedBuf::new(65_536);
+        for len in [0, 1, 15, 16, 63, 64, 65, 4095, 4096, 65_535, 65_536] {
+            for from in [0, 1, 7, 64, 4097] {
+                b.set_len(65_536);
+                b.fill(0xAA);
+                b.fill_streaming(&src[from..from + len]);
+                assert_eq!(b.len(), len);
+                assert!(b[..] == src[from..from + len], "len {len} from {from}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "fill_streaming")]
+    fn fill_streaming_refuses_more_than_the_capacity() {
+        AlignedBuf::new(4096).fill_streaming(&[1u8; 4097]);
+    }
 
     #[test]
     fn aligned_buf_basics() {
