@@ -306,6 +306,13 @@ impl File {
         bufs: Vec<AlignedBuf>,
         offset: u64,
     ) -> (io::Result<()>, Vec<AlignedBuf>) {
+        if bufs.len() > op::IOV_MAX || bufs.iter().map(|b| b.len()).sum::<usize>() > 1 << 30 {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} buffers: more than one vectored write takes", bufs.len()),
+            );
+            return (Err(e), bufs);
+        }
         let mut at = offset;
         for b in &bufs {
             if let Err(e) = self.check(at, b.len(), b, 0) {

@@ -797,7 +797,7 @@ pub(crate) fn send<H: FdHandle, B: IoBuf>(fd: H, buf: B, range: Range<usize>) ->
 }
 
 /// Most iovecs one `sendmsg` takes (Linux UIO_MAXIOV); longer lists go out in several ops.
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 
 /// A gather list for one vectored send: pieces of `head` and `body` in wire order. The
 /// iovecs and the msghdr live in this (boxed) struct, so they stay put while the kernel reads
