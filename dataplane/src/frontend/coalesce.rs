@@ -71,11 +71,10 @@ impl Coalescer {
     /// goes back to the chunk pool.
     pub async fn write(self: &Rc<Self>, buf: AlignedBuf, offset: u64) -> io::Result<()> {
         let (done, result) = oneshot::channel();
-        let len = buf.len();
         self.pending
             .borrow_mut()
             .insert(offset, Pending { offset, buf, done });
-        if let Some(run) = self.full_run_at(offset, len) {
+        if let Some(run) = self.full_run_at(offset) {
             let me = self.clone();
             runtime::spawn(async move { me.write_run(run).await }).detach();
         } else if !self.scheduled.replace(true) {
@@ -99,36 +98,38 @@ impl Coalescer {
         (self.writes.get(), self.chunks.get())
     }
 
-    /// The waiting chunks adjacent to `[offset, offset + len)`, taken out, if they make a run
-    /// of [`RUN_BYTES_MAX`].
-    fn full_run_at(&self, offset: u64, len: usize) -> Option<Vec<Pending>> {
+    /// The waiting chunks adjacent to the one at `offset`, taken out, if they make a run of
+    /// [`RUN_BYTES_MAX`].
+    fn full_run_at(&self, offset: u64) -> Option<Vec<Pending>> {
         let mut pending = self.pending.borrow_mut();
-        let joinable = |p: &Pending| p.buf.len().is_multiple_of(4096);
-        let mut first = offset;
-        let mut bytes = len;
-        while bytes < RUN_BYTES_MAX {
-            match pending.range(..first).next_back() {
-                Some((&o, p)) if joinable(p) && o + p.buf.len() as u64 == first => {
-                    first = o;
-                    bytes += p.buf.len();
+        let (from, to) = {
+            let here = pending.get(&offset)?;
+            let (mut first, mut last) = (here, here);
+            let mut bytes = here.buf.len();
+            while bytes < RUN_BYTES_MAX {
+                match pending.range(..first.offset).next_back() {
+                    Some((_, p)) if adjacent(p, first) => {
+                        bytes += p.buf.len();
+                        first = p;
+                    }
+                    _ => break,
                 }
-                _ => break,
             }
-        }
-        let mut end = offset + len as u64;
-        while bytes < RUN_BYTES_MAX {
-            match pending.get(&end) {
-                Some(p) if joinable(p) => {
-                    bytes += p.buf.len();
-                    end += p.buf.len() as u64;
+            while bytes < RUN_BYTES_MAX {
+                match pending.range(last.offset + 1..).next() {
+                    Some((_, p)) if adjacent(last, p) => {
+                        bytes += p.buf.len();
+                        last = p;
+                    }
+                    _ => break,
                 }
-                _ => break,
             }
-        }
-        if bytes < RUN_BYTES_MAX || !len.is_multiple_of(4096) {
-            return None;
-        }
-        let keys: Vec<u64> = pending.range(first..end).map(|(&o, _)| o).collect();
+            if bytes < RUN_BYTES_MAX {
+                return None;
+            }
+            (first.offset, last.offset)
+        };
+        let keys: Vec<u64> = pending.range(from..=to).map(|(&o, _)| o).collect();
         Some(keys.iter().filter_map(|o| pending.remove(o)).collect())
     }
 
@@ -181,6 +182,14 @@ impl Coalescer {
     }
 }
 
+/// `next` may follow `prev` in one write: it starts where `prev` ends, and both are whole
+/// 4 KiB blocks (every piece of an O_DIRECT write must be).
+fn adjacent(prev: &Pending, next: &Pending) -> bool {
+    prev.offset + prev.buf.len() as u64 == next.offset
+        && prev.buf.len().is_multiple_of(4096)
+        && next.buf.len().is_multiple_of(4096)
+}
+
 /// Splits `sorted` (by offset) into runs of adjacent buffers of whole 4 KiB blocks, each at
 /// most [`RUN_BYTES_MAX`] bytes (a single buffer may be larger: it is its own run).
 fn runs(sorted: Vec<Pending>) -> Vec<Vec<Pending>> {
@@ -188,12 +197,10 @@ fn runs(sorted: Vec<Pending>) -> Vec<Vec<Pending>> {
     let mut bytes = 0;
     for p in sorted {
         let len = p.buf.len();
-        let joins = runs.last().and_then(|r| r.last()).is_some_and(|last| {
-            last.offset + last.buf.len() as u64 == p.offset
-                && last.buf.len().is_multiple_of(4096)
-                && len.is_multiple_of(4096)
-                && bytes + len <= RUN_BYTES_MAX
-        });
+        let joins = runs
+            .last()
+            .and_then(|r| r.last())
+            .is_some_and(|last| adjacent(last, &p) && bytes + len <= RUN_BYTES_MAX);
         if let (true, Some(run)) = (joins, runs.last_mut()) {
             run.push(p);
             bytes += len;

@@ -306,7 +306,9 @@ impl File {
         bufs: Vec<AlignedBuf>,
         offset: u64,
     ) -> (io::Result<()>, Vec<AlignedBuf>) {
-        if bufs.len() > op::IOV_MAX || bufs.iter().map(|b| b.len()).sum::<usize>() > 1 << 30 {
+        if bufs.len() > op::IOV_MAX
+            || bufs.iter().map(|b| b.len()).sum::<usize>() > op::MAX_RW_BYTES
+        {
             let e = io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{} buffers: more than one vectored write takes", bufs.len()),

@@ -43,7 +43,7 @@ const CLOSE_UD: u64 = (3 << 32) | TOKEN_INDEX;
 const IORING_ENTER_GETEVENTS: u32 = 1;
 /// Linux caps one read/write at this (MAX_RW_COUNT); 4 KiB aligned, so O_DIRECT loops stay
 /// aligned.
-const MAX_RW_BYTES: usize = 0x7fff_f000;
+pub(crate) const MAX_RW_BYTES: usize = 0x7fff_f000;
 /// Registered buffers may use RLIMIT_MEMLOCK minus this much (older kernels also charge rings).
 const MEMLOCK_MARGIN_BYTES: u64 = 1 << 20;
 /// How long a ring being torn down waits for cancelled ops before leaking them.
