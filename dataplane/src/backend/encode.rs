@@ -167,6 +167,10 @@ struct Window {
     raw_bytes: u64,
     /// The frontend said in this window that the link limits its fetches.
     link_bound: bool,
+    /// Chunks encoded in this window, and how many of them the frontend asked for while it
+    /// said it was the bottleneck itself.
+    chunks: u32,
+    receiver_bound: u32,
 }
 
 impl Window {
@@ -177,6 +181,8 @@ impl Window {
             busy: Duration::ZERO,
             raw_bytes: 0,
             link_bound: false,
+            chunks: 0,
+            receiver_bound: 0,
         }
     }
 }
@@ -289,6 +295,8 @@ impl Encoder {
         let hash = !self.lazy || self.announced || ((self.bound || compressing) && allow_zstd);
         self.stats.unhashed_chunks += u64::from(!hash);
         self.stats.receiver_bound_chunks += u64::from(!allow_zstd);
+        self.window.chunks += 1;
+        self.window.receiver_bound += u32::from(!allow_zstd);
         if let Some(set) = self.refs.as_mut().filter(|_| hash) {
             let d = crate::dedup::digest(raw);
             digest = Some(d);
@@ -405,8 +413,14 @@ impl Encoder {
         w.busy += busy;
         let wall = w.start.elapsed();
         if wall >= WINDOW && w.sends >= WINDOW_SENDS {
+            // A window mostly asked for by a frontend that was itself the bottleneck says
+            // nothing about the link: its full receive buffer is what kept our socket busy.
+            // Counting it as link-bound walked the level up to 9 on loopback, unused until
+            // the frontend's backlog dipped, then chunks went out at 50 MB/s.
             let util = if w.link_bound {
                 1.0
+            } else if w.receiver_bound * 2 > w.chunks {
+                0.0
             } else {
                 w.busy.as_secs_f64() / wall.as_secs_f64()
             };
@@ -643,6 +657,27 @@ mod tests {
             e.link_bound();
             drive(&mut e, &raw, 1, 0.0);
         }
+        assert!(e.level() >= 3, "level {}", e.level());
+    }
+
+    #[test]
+    fn a_busy_socket_behind_a_receiver_bound_frontend_does_not_raise_the_level() {
+        let mut e = Encoder::new(true, false, false, false, false);
+        let raw = text(65536);
+        // The socket is busy all the time, but the frontend says it is the bottleneck.
+        for _ in 0..5 {
+            e.encode(&raw, None, false, false);
+            close_window(&mut e, 1.0);
+        }
+        assert_eq!(e.level(), 0);
+        assert!(!e.bound);
+        // When its backlog dips, the chunk goes raw: there is no level to compress at.
+        assert!(matches!(
+            e.encode(&raw, None, false, true),
+            Encoded::Raw(None)
+        ));
+        // Once it stops saying so, the same busy socket is the link's doing.
+        drive(&mut e, &raw, 3, 1.0);
         assert!(e.level() >= 3, "level {}", e.level());
     }
 

@@ -39,6 +39,7 @@ pub fn numbers(shard: &super::shard::Shard) -> ShardNumbers {
                 c.outstanding() as u64,
                 c.base_rtt().map_or(0, us),
                 us(c.queue_delay()),
+                c.handshake_rtt().map_or(0, us),
             ))
         },
     }

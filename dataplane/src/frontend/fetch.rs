@@ -167,7 +167,10 @@ impl Shard {
                 Class::Background => &self.background,
             };
             let link = match slot.get().await {
-                Ok(l) => l,
+                Ok(l) => {
+                    self.background_cap.path_rtt(l.handshake_rtt());
+                    l
+                }
                 Err(e) => {
                     last_error = e.to_string();
                     if attempt >= FETCH_ATTEMPTS_MAX {
@@ -478,7 +481,10 @@ impl Shard {
                 Class::Background => &self.background,
             };
             let link = match slot.get().await {
-                Ok(l) => l,
+                Ok(l) => {
+                    self.background_cap.path_rtt(l.handshake_rtt());
+                    l
+                }
                 Err(e) => {
                     last_error = e.to_string();
                     continue;

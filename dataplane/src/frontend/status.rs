@@ -90,6 +90,10 @@ pub struct Status {
     pub base_rtt_us: u64,
     #[serde(default)]
     pub queue_delay_us: u64,
+    /// The lowest handshake round trip of the links (the largest over cores): the path with
+    /// no disk in it, which decides LAN or WAN together with the base round trip.
+    #[serde(default)]
+    pub handshake_rtt_us: u64,
     /// Chunks that arrived unhashed (fast link) and wait for the dedup indexer, which runs
     /// once hydration is done (`crate::dedup::backfill`); and those it has indexed so far.
     #[serde(default)]
@@ -176,8 +180,9 @@ pub struct ShardNumbers {
     pub ref_misses: u64,
     pub deduped_blocks: u64,
     pub block_ref_misses: u64,
-    /// A running shard's background window: (window, outstanding, base RTT µs, queue delay µs).
-    pub cap: Option<(u64, u64, u64, u64)>,
+    /// A running shard's background window: (window, outstanding, base RTT µs, queue delay
+    /// µs, handshake RTT µs).
+    pub cap: Option<(u64, u64, u64, u64, u64)>,
     /// The frontend's dedup indexer (one for all cores): (queued, indexed).
     pub backfill: Option<(u64, u64)>,
     pub qos_shared: bool,
@@ -214,12 +219,13 @@ impl Status {
             self.dedup_backfilled_chunks = indexed;
         }
         // Only a running frontend knows its mode and window.
-        if let Some((window, outstanding, rtt, delay)) = n.cap {
+        if let Some((window, outstanding, rtt, delay, handshake)) = n.cap {
             self.qos = if n.qos_shared { "shared" } else { "separate" }.into();
             self.background_window_chunks += window;
             self.background_outstanding_chunks += outstanding;
             self.base_rtt_us = self.base_rtt_us.max(rtt);
             self.queue_delay_us = self.queue_delay_us.max(delay);
+            self.handshake_rtt_us = self.handshake_rtt_us.max(handshake);
         }
     }
 }

@@ -49,10 +49,13 @@ const SHARED_TARGET_DELAY: Duration = Duration::from_millis(5);
 /// ms the window starved a 100 Mbit/s, 40 ms link (the 4 GiB WAN sample took 88 s, the link
 /// 89% busy); at 60 ms it took 77.5–78.3 s (97%).
 const SEPARATE_TARGET_DELAY: Duration = Duration::from_millis(60);
-/// With separate connections, below this base round trip (a LAN, loopback) the window is
-/// not applied: a backlog there lasts milliseconds, and the "queue" the delay rule sees is the
+/// With separate connections, below this round trip (a LAN, loopback) the window is not
+/// applied: a backlog there lasts milliseconds, and the "queue" the delay rule sees is the
 /// two ends' CPU and disks, which a smaller window would only starve (measured: 20–30% less
-/// hydration throughput on loopback).
+/// hydration throughput on loopback). The round trip is the lower of the base and the
+/// links' handshakes ([`BackgroundCap::path_rtt`]): the first reply of a fetch waits for the
+/// backend's disk, and with source and target on one busy disk the base stayed at 2.4–2.8
+/// ms on loopback, which made it a "WAN" whose full window told the backend to compress.
 const SEPARATE_WAN_RTT_MIN: Duration = Duration::from_millis(2);
 /// The base round trip is the minimum of the last two periods of this length, so a route
 /// that got slower is noticed within one to two periods.
@@ -95,6 +98,8 @@ pub struct BackgroundCap {
     held: Cell<usize>,
     base_cur: Cell<Option<Duration>>,
     base_prev: Cell<Option<Duration>>,
+    /// The lowest handshake round trip of the shard's links.
+    handshake_rtt: Cell<Option<Duration>>,
     period_start: Cell<Instant>,
     last_adjust: Cell<Instant>,
     last_delay: Cell<Duration>,
@@ -139,6 +144,7 @@ impl BackgroundCap {
             held: Cell::new(0),
             base_cur: Cell::new(None),
             base_prev: Cell::new(None),
+            handshake_rtt: Cell::new(None),
             period_start: Cell::new(now),
             last_adjust: Cell::new(now),
             last_delay: Cell::new(Duration::ZERO),
@@ -174,9 +180,24 @@ impl BackgroundCap {
         chunks.ceil().max(1.0)
     }
 
+    /// A link's handshake took `rtt`.
+    pub fn path_rtt(&self, rtt: Duration) {
+        let low = self.handshake_rtt.get().map_or(rtt, |h| h.min(rtt));
+        self.handshake_rtt.set(Some(low));
+    }
+
+    /// The path is a LAN (or loopback): see [`SEPARATE_WAN_RTT_MIN`].
+    fn lan(&self) -> bool {
+        [self.base(), self.handshake_rtt.get()]
+            .into_iter()
+            .flatten()
+            .min()
+            .is_some_and(|rtt| rtt < SEPARATE_WAN_RTT_MIN)
+    }
+
     /// Chunks allowed outstanding now.
     pub fn window(&self) -> usize {
-        if !self.shared && self.base().is_some_and(|b| b < SEPARATE_WAN_RTT_MIN) {
+        if !self.shared && self.lan() {
             return self.max_chunks;
         }
         let full_chunks = self.window.get().max(self.floor());
@@ -219,6 +240,10 @@ impl BackgroundCap {
         self.base()
     }
 
+    pub fn handshake_rtt(&self) -> Option<Duration> {
+        self.handshake_rtt.get()
+    }
+
     /// The link is what limits background now: a WAN round trip, and either requests queue
     /// at least half the target behind each other, or the window is full with work waiting
     /// (the window is sized to fill the pipe). The backend's socket, paced by our window,
@@ -227,7 +252,7 @@ impl BackgroundCap {
     /// "not link-bound" window made the backend drop a compression level (measured: its level
     /// swung between none and 9 several times a second on a 100 Mbit/s link).
     pub fn link_bound(&self) -> bool {
-        let Some(base) = self.base().filter(|&b| b >= SEPARATE_WAN_RTT_MIN) else {
+        let Some(base) = self.base().filter(|_| !self.lan()) else {
             return false;
         };
         let hold = (base * 2).max(LINK_BOUND_HOLD_MIN);
@@ -413,6 +438,23 @@ mod tests {
         let open = cap.window();
         settle(&cap, Duration::from_millis(240), 20);
         assert!(cap.window() < open / 4, "{open} -> {}", cap.window());
+        // Loopback with a busy disk: every first reply waits 3 ms for the source, which
+        // looks like a short WAN, but the handshake took 80 µs: no window, not link-bound.
+        let cap = BackgroundCap::new(false, 65536, 512, 0);
+        settle(&cap, Duration::from_millis(3), 5);
+        settle(&cap, Duration::from_millis(200), 20);
+        assert!(cap.window() < 512);
+        cap.waited_at.set(Some(Instant::now()));
+        assert!(cap.link_bound());
+        cap.path_rtt(Duration::from_micros(80));
+        assert_eq!(cap.window(), 512);
+        assert!(!cap.link_bound());
+        // A WAN's handshake is as long as its round trip: the window stays.
+        let cap = BackgroundCap::new(false, 65536, 512, 0);
+        cap.path_rtt(Duration::from_millis(41));
+        settle(&cap, Duration::from_millis(40), 30);
+        settle(&cap, Duration::from_millis(240), 20);
+        assert!(cap.window() < 512, "{}", cap.window());
     }
 
     #[test]

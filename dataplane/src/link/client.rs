@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -178,6 +179,8 @@ pub struct BackendLink {
     block_refs: bool,
     /// `CAP_ZSTD_STREAM` was agreed: zstd data continues one stream.
     zstd_stream: bool,
+    /// Hello sent to HelloAck received: the path's round trip with no disk in it.
+    handshake_rtt: Duration,
 }
 
 /// Replies to one request; dropping it forgets the request id.
@@ -232,6 +235,7 @@ impl BackendLink {
         }
         .encode(1, &mut out)?;
         let out_len = out.len();
+        let t_hello = Instant::now();
         let (res, _) = stream.send_all(out, 0..out_len).await;
         res?;
         let caps = match reader.next().await? {
@@ -246,6 +250,8 @@ impl BackendLink {
             Some((_, f)) => return Err(refusal("HelloAck", &f)),
             None => return Err(LinkError::Closed),
         };
+        // The backend answers Hello before it opens the volume, so no disk is in this.
+        let handshake_rtt = t_hello.elapsed();
         let (handle, extent_frames) = match reader.next().await? {
             Some((
                 _,
@@ -302,6 +308,7 @@ impl BackendLink {
             lazy_index: caps & frame::CAP_LAZY_INDEX != 0,
             block_refs: caps & frame::CAP_BLOCK_REFS != 0,
             zstd_stream: caps & frame::CAP_ZSTD_STREAM != 0,
+            handshake_rtt,
         });
         let l = link.clone();
         runtime::spawn(async move {
@@ -317,6 +324,11 @@ impl BackendLink {
         })
         .detach();
         Ok(link)
+    }
+
+    /// The round trip of this link's handshake, free of the backend's disk time.
+    pub fn handshake_rtt(&self) -> Duration {
+        self.handshake_rtt
     }
 
     pub fn is_dead(&self) -> bool {

@@ -46,7 +46,15 @@ impl fmt::Display for LinkSpec {
 
 /// `RATE/RTT`: a rate as `ferry-wan --rate` takes it (`100mbit`, `1gbit`, `12.5MB`; not
 /// unlimited) and a round-trip time in ms (`40ms`, `40`) or s (`0.1s`).
-pub fn parse_link(s: &str) -> Result<LinkSpec, String> {
+/// `none`: no emulated link (loopback only).
+pub fn parse_link(s: &str) -> Result<Option<LinkSpec>, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    parse_one(s).map(Some)
+}
+
+fn parse_one(s: &str) -> Result<LinkSpec, String> {
     let (rate, rtt) = s
         .split_once('/')
         .ok_or_else(|| format!("{s:?}: expected RATE/RTT, e.g. 100mbit/40ms"))?;
@@ -75,13 +83,18 @@ mod tests {
 
     #[test]
     fn links() {
-        let l = parse_link("100mbit/40ms").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(parse_link("none"), Ok(None)));
+        let l = parse_link("100mbit/40ms")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("a link");
         assert_eq!(l.rate_bytes_per_s, 12_500_000);
         assert_eq!(l.rtt_ms, 40);
         assert!(l.is_100_mbit());
         assert_eq!(l.wan_config().one_way_delay, Duration::from_millis(20));
         assert_eq!(l.to_string(), "100 Mbit/s, RTT 40 ms");
-        let l = parse_link("1gbit/0.01s").unwrap_or_else(|e| panic!("{e}"));
+        let l = parse_link("1gbit/0.01s")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("a link");
         assert_eq!((l.rate_bytes_per_s, l.rtt_ms), (125_000_000, 10));
         assert_eq!(l.to_string(), "1 Gbit/s, RTT 10 ms");
         assert!(parse_link("100mbit").is_err());

@@ -48,17 +48,22 @@ pub struct WanArgs {
     /// 512M with --quick.
     #[arg(long, value_parser = crate::parse_size)]
     size: Option<u64>,
-    /// Emulated links, RATE/RTT, comma-separated (rates as tc writes them: 100mbit, 1gbit).
+    /// Emulated links, RATE/RTT, comma-separated (rates as tc writes them: 100mbit, 1gbit);
+    /// `none` runs loopback only.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "100mbit/40ms,1gbit/10ms",
         value_parser = parse_link
     )]
-    links: Vec<LinkSpec>,
+    links: Vec<Option<LinkSpec>>,
     /// Rounds of everything, tools interleaved (the order reversed every other round).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Rounds on loopback (at least --repeat). A loopback copy takes seconds and moves with
+    /// the disk's phase by +-20 %, so one round cannot tell auto from off.
+    #[arg(long, default_value_t = 5)]
+    loopback_repeat: usize,
     /// A small run to check the set-up: a 512M sample (the links stay as given).
     #[arg(long)]
     quick: bool,
@@ -121,6 +126,7 @@ pub fn run(args: WanArgs) -> Result<WanReport> {
         bail!("--size must be a whole number of MiB, at least 64M (the ext4 sample's minimum)");
     }
     let repeat = args.repeat.max(1);
+    let loopback_repeat = args.loopback_repeat.max(repeat);
     // The sample, its staging copy while it is made (about 70 %), and one destination.
     let work = system::prepare_work_dir(&args.dir, 3 * size_bytes + 256 * MIB)?;
     let run_dir = work.join("wan");
@@ -159,7 +165,7 @@ pub fn run(args: WanArgs) -> Result<WanReport> {
 
     // Loopback first: it is quick and checks the whole set-up before the long runs.
     let mut lo = LinkResult::new(None, ferry_tools());
-    for round in 1..=repeat {
+    for round in 1..=loopback_repeat {
         let mut order = [true, false];
         if round % 2 == 0 {
             order.reverse();
@@ -167,7 +173,7 @@ pub fn run(args: WanArgs) -> Result<WanReport> {
         for compress in order {
             let key = if compress { FERRY_AUTO } else { FERRY_OFF };
             progress(&format!(
-                "loopback, round {round}/{repeat}: {key} ({} MiB)",
+                "loopback, round {round}/{loopback_repeat}: {key} ({} MiB)",
                 size_bytes >> 20
             ));
             let run = ferry_run::migrate(
@@ -191,7 +197,7 @@ pub fn run(args: WanArgs) -> Result<WanReport> {
     lo.compute_ratios();
     results.push(lo);
 
-    for link in &args.links {
+    for link in args.links.iter().flatten() {
         let mut tools = ferry_tools();
         tools.push(ToolResult::new(NBDCOPY, "nbdcopy"));
         tools.push(ToolResult::new(QEMU_IMG, "qemu-img convert"));
@@ -282,6 +288,7 @@ pub fn run(args: WanArgs) -> Result<WanReport> {
         sample_reused: sample.reused,
         sample_allocated_bytes: sample.allocated_bytes,
         repeat,
+        loopback_repeat,
         page_cache_dropped,
         cpu_method: "utime + stime of the server (ferry backend / qemu-nbd) from /proc/PID/stat when the copy \
                      is done, plus the client's (ferry frontend from /proc/PID/stat at the same moment; nbdcopy \

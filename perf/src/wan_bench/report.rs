@@ -234,6 +234,7 @@ pub struct WanReport {
     pub sample_reused: bool,
     pub sample_allocated_bytes: u64,
     pub repeat: usize,
+    pub loopback_repeat: usize,
     pub page_cache_dropped: bool,
     pub cpu_method: String,
     pub commands: Commands,
@@ -368,8 +369,8 @@ impl WanReport {
         );
         let _ = writeln!(
             o,
-            "* {} round(s), tools interleaved within each link; medians shown",
-            self.repeat
+            "* {} round(s) on every link, {} on loopback; tools interleaved within each link; medians shown",
+            self.repeat, self.loopback_repeat
         );
         let _ = writeln!(o, "* CPU: {}\n", self.cpu_method);
 
