@@ -418,7 +418,8 @@ impl Encoder {
             // Counted as link-bound, it walked the level up to 9 on loopback, unused until
             // the frontend's backlog dipped, and then chunks went out at 50 MB/s. Counted as
             // idle, it stepped the level down on a 1 Gbit/s link whose emulator hands data
-            // over in bursts (the WAN sample took 15.7 s against 12.4). So it changes nothing.
+            // over in bursts (the 4 GiB WAN sample: 15.7 s in one round, 13.3-14.5 s in four
+            // with the level held). So it changes nothing.
             let says_nothing = !w.link_bound && w.receiver_bound * 2 > w.chunks;
             if !says_nothing {
                 let util = if w.link_bound {

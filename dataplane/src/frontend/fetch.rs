@@ -23,7 +23,8 @@ use wire_format::state::ChunkState;
 use super::error::VolError;
 use super::shard::Shard;
 use crate::dedup::{Digest, DigestHint};
-use crate::link::client::Reply;
+use crate::link::client::{BackendLink, Reply};
+use crate::link::LinkError;
 use crate::runtime::{self, AlignedBuf};
 
 pub const FETCH_ATTEMPTS_MAX: u32 = 4;
@@ -148,6 +149,18 @@ impl Shard {
         n
     }
 
+    /// The link for `class`, (re)connected if need be; its handshake teaches the window
+    /// whether the path is a LAN.
+    async fn link(&self, class: Class) -> Result<Rc<BackendLink>, LinkError> {
+        let slot = match class {
+            Class::OnDemand => &self.on_demand,
+            Class::Background => &self.background,
+        };
+        let link = slot.get().await?;
+        self.background_cap.path_rtt(link.handshake_rtt());
+        Ok(link)
+    }
+
     async fn run_fetch(self: &Rc<Self>, chunks: Vec<u64>, class: Class) {
         let mut remaining: BTreeSet<u64> = chunks.into_iter().collect();
         let mut fills = Vec::with_capacity(remaining.len());
@@ -162,15 +175,8 @@ impl Shard {
                 runtime::sleep(Duration::from_millis(50 << attempt.min(6))).await;
             }
             attempt += 1;
-            let slot = match class {
-                Class::OnDemand => &self.on_demand,
-                Class::Background => &self.background,
-            };
-            let link = match slot.get().await {
-                Ok(l) => {
-                    self.background_cap.path_rtt(l.handshake_rtt());
-                    l
-                }
+            let link = match self.link(class).await {
+                Ok(l) => l,
                 Err(e) => {
                     last_error = e.to_string();
                     if attempt >= FETCH_ATTEMPTS_MAX {
@@ -476,15 +482,8 @@ impl Shard {
                 self.count_retry();
                 runtime::sleep(Duration::from_millis(50 << attempt.min(6))).await;
             }
-            let slot = match class {
-                Class::OnDemand => &self.on_demand,
-                Class::Background => &self.background,
-            };
-            let link = match slot.get().await {
-                Ok(l) => {
-                    self.background_cap.path_rtt(l.handshake_rtt());
-                    l
-                }
+            let link = match self.link(class).await {
+                Ok(l) => l,
                 Err(e) => {
                     last_error = e.to_string();
                     continue;
