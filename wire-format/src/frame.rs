@@ -86,6 +86,10 @@ pub const CAP_BLOCK_REFS: u64 = 1 << 4;
 /// sent earlier on the connection is history the next chunk can refer to. The receiver bounds
 /// the history (window) it accepts.
 pub const CAP_ZSTD_STREAM: u64 = 1 << 5;
+/// Capability bit: the backend answers `Ping` with `Pong` at once, so the frontend can
+/// measure the path's round trip with neither disk nor queued data in it (the handshake's
+/// round trip also holds the backend's accept and start-up of the connection).
+pub const CAP_PING: u64 = 1 << 6;
 /// The unit of `ChunkPieces`: a file system block.
 pub const BLOCK_LEN: usize = 4096;
 /// Most block references in one `ChunkPieces` (a chunk of the largest size).
@@ -213,11 +217,15 @@ pub enum Kind {
     /// 0x14, a chunk as new blocks plus references to blocks sent before (only with
     /// [`CAP_BLOCK_REFS`]).
     ChunkPieces,
+    /// 0x15, frontend → backend: answer at once with `Pong` (only with [`CAP_PING`]).
+    Ping,
+    /// 0x16, answers `Ping` by request id.
+    Pong,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Open,
@@ -238,6 +246,8 @@ impl Kind {
         Kind::Qos,
         Kind::ChunkDataDigest,
         Kind::ChunkPieces,
+        Kind::Ping,
+        Kind::Pong,
     ];
 
     /// The stable wire code.
@@ -263,6 +273,8 @@ impl Kind {
             Kind::Qos => 0x12,
             Kind::ChunkDataDigest => 0x13,
             Kind::ChunkPieces => 0x14,
+            Kind::Ping => 0x15,
+            Kind::Pong => 0x16,
         }
     }
 
@@ -289,6 +301,8 @@ impl Kind {
             0x12 => Kind::Qos,
             0x13 => Kind::ChunkDataDigest,
             0x14 => Kind::ChunkPieces,
+            0x15 => Kind::Ping,
+            0x16 => Kind::Pong,
             _ => return None,
         })
     }
@@ -579,6 +593,10 @@ pub enum Frame<'a> {
     },
     /// Empty payload; answers WriteBack / WriteZeroes / Sync by request id.
     Ack,
+    /// Empty payload; asks for a `Pong` (only with [`CAP_PING`]).
+    Ping,
+    /// Empty payload; answers `Ping` by request id.
+    Pong,
     /// `code u16, message str<=1024`.
     Error {
         /// What went wrong.
@@ -716,6 +734,8 @@ impl<'a> Frame<'a> {
             Frame::WriteZeroes { .. } => Kind::WriteZeroes,
             Frame::Sync { .. } => Kind::Sync,
             Frame::Ack => Kind::Ack,
+            Frame::Ping => Kind::Ping,
+            Frame::Pong => Kind::Pong,
             Frame::Error { .. } => Kind::Error,
             Frame::ChunkZstd { .. } => Kind::ChunkZstd,
             Frame::Have { .. } => Kind::Have,
@@ -950,7 +970,7 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&handle.to_be_bytes());
                 out.extend_from_slice(&background_floor_bytes_per_s.to_be_bytes());
             }
-            Frame::Ack => {}
+            Frame::Ack | Frame::Ping | Frame::Pong => {}
             Frame::Error { code, message } => {
                 out.extend_from_slice(&code.code().to_be_bytes());
                 put_str(out, message, MAX_MESSAGE_LEN, "error message too long")?;
@@ -1341,6 +1361,8 @@ fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError> {
             handle: get_u32(&mut r, "handle")?,
         },
         Kind::Ack => Frame::Ack,
+        Kind::Ping => Frame::Ping,
+        Kind::Pong => Frame::Pong,
         Kind::Error => Frame::Error {
             code: ErrorCode::from_code(get_u16(&mut r, "error code")?),
             message: get_str(&mut r, MAX_MESSAGE_LEN, "error message")?,
@@ -1567,7 +1589,9 @@ mod tests {
         }
         assert_eq!(Kind::from_code(0), None);
         assert_eq!(Kind::from_code(0x14), Some(Kind::ChunkPieces));
-        assert_eq!(Kind::from_code(0x15), None);
+        assert_eq!(Kind::from_code(0x15), Some(Kind::Ping));
+        assert_eq!(Kind::from_code(0x16), Some(Kind::Pong));
+        assert_eq!(Kind::from_code(0x17), None);
         assert_eq!(Class::from_code(0), None);
         assert_eq!(Class::from_code(3), None);
         for c in 0..=20u16 {

@@ -145,6 +145,8 @@ fn frame(max_data: usize) -> impl Strategy<Value = Frame<'static>> {
             background_floor_bytes_per_s: floor
         }),
         Just(Frame::Ack),
+        Just(Frame::Ping),
+        Just(Frame::Pong),
         (error_code(), "\\PC{0,200}").prop_map(|(code, m)| Frame::Error {
             code,
             message: leak(m)
@@ -605,8 +607,8 @@ fn header_field_checks() {
     b[7] = 1;
     assert_eq!(hdr(&b), Err(WireError::BadFlags(1)));
     let mut b = good.clone();
-    b[5] = 0x15;
-    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x15)));
+    b[5] = 0x17;
+    assert_eq!(hdr(&b), Err(WireError::UnknownKind(0x17)));
     let mut b = good.clone();
     b[16..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
     // Refused from the header alone: the caller never buffers the announced length.
@@ -689,10 +691,18 @@ fn payload_level_rejections() {
         bad(Kind::WriteBack, &[0; 12]),
         WireError::Invalid { .. }
     ));
-    // Ack must be empty; Sync must be exactly 4 bytes.
+    // Ack, Ping and Pong must be empty; Sync must be exactly 4 bytes.
     assert!(matches!(
         bad(Kind::Ack, &[0]),
         WireError::TrailingBytes { kind: Kind::Ack }
+    ));
+    assert!(matches!(
+        bad(Kind::Ping, &[0; 8]),
+        WireError::TrailingBytes { kind: Kind::Ping }
+    ));
+    assert!(matches!(
+        bad(Kind::Pong, &[0]),
+        WireError::TrailingBytes { kind: Kind::Pong }
     ));
     assert!(matches!(
         bad(Kind::Sync, &[0; 5]),

@@ -174,6 +174,8 @@ fn frame_seeds() -> Seeds {
             },
         ),
         ("ack", Frame::Ack),
+        ("ping", Frame::Ping),
+        ("pong", Frame::Pong),
         (
             "error",
             Frame::Error {

@@ -201,6 +201,9 @@ impl Conn {
                     .await?;
                 }
                 Frame::Open { chunk_size, name } => self.open(id, name, chunk_size).await?,
+                // Answered whether or not `CAP_PING` was agreed: it costs nothing, and a
+                // frontend measures its round trip with it.
+                Frame::Ping => self.send_frame(id, &Frame::Pong).await?,
                 Frame::Have { handle, digests } => {
                     self.lookup(handle)?;
                     if !self.encoder.borrow().refs_enabled() {

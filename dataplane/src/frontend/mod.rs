@@ -709,7 +709,8 @@ async fn start_core(
     };
     let map_file = File::open(&map_path, &buffered).map_err(|e| state_err(&cfg.state_dir, e))?;
     let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 64));
-    let mut capabilities = 0;
+    // Pings measure the path's round trip, which tells a LAN from a WAN (`hydrate::cap`).
+    let mut capabilities = wire_format::frame::CAP_PING;
     if cfg.compress {
         // One stream per connection: chunks refer to what came before them.
         capabilities |= wire_format::frame::CAP_ZSTD | wire_format::frame::CAP_ZSTD_STREAM;

@@ -90,8 +90,9 @@ pub struct Status {
     pub base_rtt_us: u64,
     #[serde(default)]
     pub queue_delay_us: u64,
-    /// The lowest handshake round trip of the links (the largest over cores): the path with
-    /// no disk in it, which decides LAN or WAN together with the base round trip.
+    /// The lowest round trip of the links' connects, handshake and pings (the largest over
+    /// cores): the path with no disk in it, which decides LAN or WAN together with the base
+    /// round trip.
     #[serde(default)]
     pub handshake_rtt_us: u64,
     /// Chunks that arrived unhashed (fast link) and wait for the dedup indexer, which runs

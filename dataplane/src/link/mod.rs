@@ -21,7 +21,8 @@ pub const CAPABILITIES: u64 = wire_format::frame::CAP_ZSTD
     | wire_format::frame::CAP_DIGESTS
     | wire_format::frame::CAP_LAZY_INDEX
     | wire_format::frame::CAP_BLOCK_REFS
-    | wire_format::frame::CAP_ZSTD_STREAM;
+    | wire_format::frame::CAP_ZSTD_STREAM
+    | wire_format::frame::CAP_PING;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
