@@ -1040,9 +1040,14 @@ pub fn nbdinfo_export(uri: &str) -> serde_json::Value {
 
 /// Runs fio with JSON output to a file (fio's nbd engine prints a banner on stdout) and
 /// returns the first job's object; panics unless fio exits 0 with job error 0.
+/// Longest a fio run may take in a test; every job here is done in seconds.
+const FIO_TIMEOUT_SECS: &str = "300";
+
 pub fn fio(dir: &Path, tag: &str, args: &[&str]) -> serde_json::Value {
     let out_path = dir.join(format!("fio-{tag}.json"));
-    let out = run(Command::new("fio")
+    // A server that never answers a request would hang fio for good: a hung job fails here.
+    let out = run(Command::new("timeout")
+        .args(["--kill-after=10", FIO_TIMEOUT_SECS, "fio"])
         .current_dir(dir) // fio may drop state files into its working directory
         .args(args)
         .arg("--output-format=json")

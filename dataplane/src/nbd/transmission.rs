@@ -2,10 +2,13 @@
 //!
 //! The reading task validates each request and, for writes, reads the payload piece by piece
 //! into pool buffers, starting each piece's write as soon as it has arrived (so a large write
-//! never needs more buffers than the pool has). Each request then completes in its own task and
-//! sends its reply under the connection's send lock.
+//! never needs more buffers than the pool has). Each request then completes in its own task.
+//! A small reply is queued and sent by whoever holds the connection's send lock, together
+//! with every other reply queued meanwhile: under load many replies share one send, and one
+//! wake-up of the client (measured: a wake-up per 4 KiB reply was a fifth of the frontend's
+//! CPU at queue depth 32). A large reply is streamed under the lock.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -31,7 +34,15 @@ const SEGMENTS_IN_FLIGHT: usize = 4;
 
 struct Conn {
     stream: Stream,
+    /// The send side: only its holder sends. Its buffer is the holder's scratch. Every holder
+    /// lets it go through [`Conn::release`], which sends what is queued first.
     send: async_lock::Mutex<Vec<u8>>,
+    /// Whole small replies (header and data) waiting for the holder of `send`.
+    queued: RefCell<Vec<u8>>,
+    /// Large replies waiting for `send`: a holder that sees one hands the lock, and the queue,
+    /// over instead of sending the queue, so a steady stream of small replies cannot keep a
+    /// large one waiting.
+    large_waiting: Cell<usize>,
     vol: Rc<Volume>,
     /// Buffers for large replies, used only by the holder of the send lock.
     segment_bufs: RefCell<Vec<AlignedBuf>>,
@@ -41,6 +52,8 @@ pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<()
     let conn = Rc::new(Conn {
         stream,
         send: async_lock::Mutex::new(Vec::with_capacity(64)),
+        queued: RefCell::new(Vec::with_capacity(64)),
+        large_waiting: Cell::new(0),
         vol,
         segment_bufs: RefCell::new(Vec::new()),
     });
@@ -171,8 +184,54 @@ impl Conn {
     }
 
     async fn reply_error(&self, cookie: u64, errno: u32) -> Result<(), NbdConnError> {
-        let mut guard = self.send.lock().await;
-        Ok(self.send_reply_head(&mut guard, errno, cookie).await?)
+        Ok(self.reply_small(errno, cookie, &[]).await?)
+    }
+
+    /// Queues a reply with its data and sends the queue, unless a send is under way: then
+    /// the holder of the lock sends it when that send is done.
+    async fn reply_small(&self, errno: u32, cookie: u64, data: &[u8]) -> std::io::Result<()> {
+        {
+            let mut q = self.queued.borrow_mut();
+            q.extend_from_slice(&nbd::encode_simple_reply(errno, cookie));
+            q.extend_from_slice(data);
+        }
+        match self.send.try_lock() {
+            Some(guard) => self.release(guard).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the send lock for a large reply, ahead of any more rounds of queued replies.
+    async fn lock_for_large(&self) -> async_lock::MutexGuard<'_, Vec<u8>> {
+        struct Waiting<'a>(&'a Cell<usize>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
+        self.large_waiting.set(self.large_waiting.get() + 1);
+        let _waiting = Waiting(&self.large_waiting);
+        self.send.lock().await
+    }
+
+    /// Sends the queued replies, round after round until none is left or a large reply
+    /// waits (it sends them when it lets go), then lets the lock go. Nothing can be queued
+    /// between the last look at the queue and the unlock: no await lies between them.
+    async fn release(&self, mut guard: async_lock::MutexGuard<'_, Vec<u8>>) -> std::io::Result<()> {
+        while self.large_waiting.get() == 0 {
+            let mut out = std::mem::take(&mut *guard);
+            out.clear();
+            std::mem::swap(&mut out, &mut *self.queued.borrow_mut());
+            if out.is_empty() {
+                *guard = out;
+                break;
+            }
+            let n = out.len();
+            let (r, out) = self.stream.send_all(out, 0..n).await;
+            *guard = out;
+            r?;
+        }
+        Ok(())
     }
 
     async fn complete(&self, cookie: u64, r: Result<(), VolError>, pass: Pass) {
@@ -277,27 +336,21 @@ impl Conn {
         if let Some((o, l)) = single {
             match self.vol.read_range(o, l, pool.take().await).await {
                 Ok(buf) => {
-                    let mut guard = self.send.lock().await;
                     let r = if buf.len() <= SMALL_REPLY_BYTES {
-                        // One send instead of two: copying a few KiB costs less than a syscall.
-                        let mut out = std::mem::take(&mut *guard);
-                        out.clear();
-                        out.extend_from_slice(&nbd::encode_simple_reply(0, req.cookie));
-                        out.extend_from_slice(&buf);
-                        let n = out.len();
-                        let (r, out) = self.stream.send_all(out, 0..n).await;
-                        *guard = out;
-                        r
+                        // Copying a few KiB behind the header costs less than a send.
+                        self.reply_small(0, req.cookie, &buf).await
                     } else {
-                        match self.send_reply_head(&mut guard, 0, req.cookie).await {
-                            Ok(()) => {
-                                let n = buf.len();
-                                self.stream.send_all(buf, 0..n).await.0
-                            }
+                        let mut guard = self.lock_for_large().await;
+                        let mut r = self.send_reply_head(&mut guard, 0, req.cookie).await;
+                        if r.is_ok() {
+                            let n = buf.len();
+                            r = self.stream.send_all(buf, 0..n).await.0;
+                        }
+                        match r {
+                            Ok(()) => self.release(guard).await,
                             Err(e) => Err(e),
                         }
                     };
-                    drop(guard);
                     drop(pass);
                     if r.is_err() {
                         self.stream.shutdown();
@@ -318,7 +371,7 @@ impl Conn {
             self.complete(req.cookie, Err(e), pass).await;
             return;
         }
-        let mut guard = self.send.lock().await;
+        let mut guard = self.lock_for_large().await;
         let mut result = self
             .send_reply_head(&mut guard, 0, req.cookie)
             .await
@@ -326,7 +379,9 @@ impl Conn {
         if result.is_ok() {
             result = self.stream_segments(offset, len).await;
         }
-        drop(guard);
+        if result.is_ok() {
+            result = self.release(guard).await.map_err(|e| e.to_string());
+        }
         drop(pass);
         if let Err(e) = result {
             // The header is out; the only honest way to report a late failure is to close.
@@ -359,7 +414,7 @@ impl Conn {
             self.complete(req.cookie, Err(e), pass).await;
             return;
         }
-        let mut guard = self.send.lock().await;
+        let mut guard = self.lock_for_large().await;
         if bufs.len() == 1 {
             // Header and data in one gather send.
             let Some(b) = bufs.pop() else { return };
@@ -367,8 +422,10 @@ impl Conn {
             let head = nbd::encode_simple_reply(0, req.cookie).to_vec();
             let hl = head.len();
             let gather = Gather::new(head, b, vec![(false, 0..hl), (true, 0..n)]);
-            let (r, gather) = self.stream.send_gather_all(gather).await;
-            drop(guard);
+            let (mut r, gather) = self.stream.send_gather_all(gather).await;
+            if r.is_ok() {
+                r = self.release(guard).await;
+            }
             drop(pass);
             segment_pool::give(vec![gather.into_parts().1]);
             if r.is_err() {
@@ -388,7 +445,9 @@ impl Conn {
             r = res;
             sent.push(b);
         }
-        drop(guard);
+        if r.is_ok() {
+            r = self.release(guard).await;
+        }
         drop(pass);
         segment_pool::give(sent);
         if r.is_err() {
