@@ -96,6 +96,33 @@ pub struct LiveFerry {
     pub backend: Proc,
     pub socket: PathBuf,
     pub target: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// Longest wait for the frontend's post-hydration dedup indexing before (b).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Waits until the frontend has indexed for dedup every chunk that arrived unhashed
+/// (`dedup_unindexed_chunks == 0`): that indexing reads the whole target once, at idle CPU
+/// priority, right after hydration, and (b) measures a migration that is over, not that
+/// read competing with both servers' reads of the same disk. Returns the time waited.
+pub fn wait_settled(ferry: &Ferry, live: &mut LiveFerry) -> Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        live.frontend.check_alive()?;
+        let s = ferry.status(&live.state_dir)?;
+        if s.dedup_unindexed_chunks == 0 {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > SETTLE_TIMEOUT {
+            bail!(
+                "the frontend still had {} chunks to index for dedup after {:?}",
+                s.dedup_unindexed_chunks,
+                SETTLE_TIMEOUT
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,6 +200,7 @@ pub fn ferry_round(
             backend,
             socket: p.socket.to_path_buf(),
             target: p.target.to_path_buf(),
+            state_dir: p.state_dir.to_path_buf(),
         },
     ))
 }

@@ -475,6 +475,13 @@ fn run(cli: Cli) -> Result<Report> {
 
     // (b) serving: the frontend left running by the last round (its (a2) hydration when
     // (a2) ran, else its (a) one), and qemu-nbd on its target.
+    let mut settle_s = None;
+    if let (Some(l), Some(f)) = (live.as_mut(), ferry.as_ref()) {
+        progress("(b) waiting for the frontend's dedup indexing of the migrated chunks");
+        let waited = hydrate::wait_settled(f, l)?;
+        progress(&format!("  done after {:.1} s", waited.as_secs_f64()));
+        settle_s = Some(waited.as_secs_f64());
+    }
     let served_file: &Path = live.as_ref().map_or(&source, |l| &l.target);
     progress(&format!(
         "(b) starting qemu-nbd on {}",
@@ -537,6 +544,7 @@ fn run(cli: Cli) -> Result<Report> {
     let serving = Serving {
         served_file: served_file_note(&cli, hyd.second_device.is_some()),
         qemu_nbd_command: qemu.command_line,
+        settle_s,
         jobs,
     };
     let verdicts = report::verdicts(&hyd, &serving);

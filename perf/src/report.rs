@@ -117,6 +117,9 @@ impl SecondDevice {
 pub struct Serving {
     pub served_file: String,
     pub qemu_nbd_command: String,
+    /// Seconds (b) waited, after the last hydration, for the frontend's dedup indexing of
+    /// chunks that arrived unhashed (it reads the whole target once).
+    pub settle_s: Option<f64>,
     pub jobs: Vec<ServingJob>,
 }
 
@@ -545,6 +548,9 @@ impl Report {
         }
         let _ = writeln!(o, "\nLatency: completion latency of every IO (fio `--write_lat_log --log_avg_msec=0`) in an hdrhistogram (3 significant digits); median over rounds.");
         let _ = writeln!(o, "qemu-nbd: `{}`", s.qemu_nbd_command);
+        if let Some(w) = s.settle_s {
+            let _ = writeln!(o, "Started after the frontend's dedup indexing of the chunks that arrived unhashed was done ({w:.1} s after the hydration; it reads the whole target once, at idle CPU priority): (b) measures a migration that is over.");
+        }
         if let Some(j) = s.jobs.first() {
             let _ = writeln!(o, "fio, e.g.: `{}`\n", j.fio_command);
         }
