@@ -62,3 +62,51 @@ pub fn idle_cpu_priority() -> io::Result<()> {
     // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
     check(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) })
 }
+
+/// `ioprio_set(2)` / `ioprio_get(2)` constants (linux/ioprio.h): not in the libc crate.
+const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+const IOPRIO_CLASS_SHIFT: u32 = 13;
+const IOPRIO_CLASS_IDLE: u32 = 3;
+
+/// Puts the calling thread's disk IO in the idle class: an IO scheduler that knows classes
+/// (mq-deadline, BFQ) serves it only when no other IO waits. Devices without such a
+/// scheduler (`none`) ignore it.
+pub fn idle_io_priority() -> io::Result<()> {
+    let value = libc::c_long::from(IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT);
+    // SAFETY: no pointers; who 0 with IOPRIO_WHO_PROCESS is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, value) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The IO priority class of the calling thread.
+#[cfg(test)]
+fn io_priority_class() -> io::Result<u32> {
+    // SAFETY: no pointers; who 0 with IOPRIO_WHO_PROCESS is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((rc as u32) >> IOPRIO_CLASS_SHIFT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_thread_moved_to_idle_io_stays_alone_there() {
+        let before = super::io_priority_class().expect("ioprio_get");
+        let moved = std::thread::spawn(|| {
+            super::idle_io_priority().expect("ioprio_set");
+            super::io_priority_class().expect("ioprio_get")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(moved, super::IOPRIO_CLASS_IDLE);
+        // Per thread: the caller's class is unchanged.
+        assert_eq!(super::io_priority_class().expect("ioprio_get"), before);
+        assert_ne!(before, super::IOPRIO_CLASS_IDLE);
+    }
+}
