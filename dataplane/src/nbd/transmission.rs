@@ -29,6 +29,11 @@ const SEGMENT_BYTES: u64 = 1 << 20;
 const SMALL_REPLY_BYTES: usize = 64 * 1024;
 /// Replies up to this size are read whole (in parallel segments) before they are sent.
 const MEDIUM_REPLY_BYTES: u64 = 4 << 20;
+/// Queued reply bytes past which a request waits for its reply to be sent. The request
+/// permit goes back when the reply is queued, so without this a client that stops reading
+/// replies but keeps sending requests would grow the queue without end; with it the queue
+/// holds at most this plus one small reply per request in flight.
+const QUEUED_MAX_BYTES: usize = 4 << 20;
 /// Segments read ahead while a large reply is being sent.
 const SEGMENTS_IN_FLIGHT: usize = 4;
 
@@ -195,10 +200,14 @@ impl Conn {
             q.extend_from_slice(&nbd::encode_simple_reply(errno, cookie));
             q.extend_from_slice(data);
         }
-        match self.send.try_lock() {
-            Some(guard) => self.release(guard).await,
-            None => Ok(()),
+        if let Some(guard) = self.send.try_lock() {
+            return self.release(guard).await;
         }
+        if self.queued.borrow().len() > QUEUED_MAX_BYTES {
+            let guard = self.send.lock().await;
+            return self.release(guard).await;
+        }
+        Ok(())
     }
 
     /// Takes the send lock for a large reply, ahead of any more rounds of queued replies.
