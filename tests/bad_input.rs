@@ -376,3 +376,42 @@ fn malformed_admin_requests_get_clear_errors() {
     assert_eq!(st["running"], true, "{st}");
     assert_still_serves(&mut h, &source);
 }
+
+/// A client that keeps sending reads but never reads a reply: the frontend stops taking its
+/// requests once its replies back up (NBD replies queue for a shared send), instead of
+/// holding every reply in memory, and keeps serving others.
+#[test]
+fn a_client_that_never_reads_replies_cannot_grow_the_frontend() {
+    let dir = test_dir("no-reader");
+    let source = dir.path().join("source.img");
+    make_source(&source, SIZE, 8);
+    let mut h = Harness::start(dir.path(), &source, Opts::default());
+    h.wait_status("hydrated", Duration::from_secs(60), |st| {
+        st["chunks_untouched"] == 0
+    });
+    let before = h.frontend_rss_kib();
+    let c = nbd::Client::connect(&h.sock, &h.opts.volume);
+    let mut s = c.s;
+    // 4096 reads of 64 KiB: 256 MiB of replies that are never read.
+    const READS: u64 = 4096;
+    let mut reqs = Vec::with_capacity(READS as usize * 28);
+    for i in 0..READS {
+        reqs.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        reqs.extend_from_slice(&0u16.to_be_bytes()); // flags
+        reqs.extend_from_slice(&0u16.to_be_bytes()); // NBD_CMD_READ
+        reqs.extend_from_slice(&i.to_be_bytes()); // cookie
+        reqs.extend_from_slice(&((i * 64 * KIB) % SIZE).to_be_bytes());
+        reqs.extend_from_slice(&(64 * KIB as u32).to_be_bytes());
+    }
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The frontend stops reading requests at some point: the write times out then.
+    let _ = s.write_all(&reqs);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = h.frontend_rss_kib();
+    assert!(
+        after < before + 64 * 1024,
+        "frontend grew from {before} to {after} KiB for replies nobody reads"
+    );
+    drop(s);
+    assert_still_serves(&mut h, &source);
+}

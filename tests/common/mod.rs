@@ -805,6 +805,17 @@ impl Harness {
         p.kill9();
     }
 
+    /// The running frontend's resident memory (`VmRSS`), in KiB.
+    pub fn frontend_rss_kib(&self) -> u64 {
+        let p = self.frontend.as_ref().expect("frontend not running");
+        let status = fs::read_to_string(format!("/proc/{}/status", p.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     pub fn frontend_running(&mut self) -> bool {
         self.frontend.as_mut().is_some_and(|p| p.is_running())
     }
