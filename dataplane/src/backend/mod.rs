@@ -200,13 +200,7 @@ mod tests {
 
     #[test]
     fn replies_carry_the_mark_of_the_clients_handshake() {
-        let cfg = RuntimeConfig {
-            cores: 1,
-            pin: false,
-            ring_entries: 64,
-            buf_size: 64 << 10,
-            bufs_per_core: 4,
-        };
+        let cfg = crate::runtime::small_cfg();
         block_on(cfg, async {
             for (mark, expect) in [(Some(0x20u8), 0x20), (None, 0)] {
                 let l = Listener::bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");

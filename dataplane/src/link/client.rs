@@ -756,7 +756,7 @@ mod tests {
     use wire_format::frame::{Header, HEADER_LEN};
 
     use super::*;
-    use crate::runtime::{block_on, RuntimeConfig};
+    use crate::runtime::block_on;
 
     const SLOW_HELLO: Duration = Duration::from_millis(150);
 
@@ -820,13 +820,7 @@ mod tests {
 
     fn connect_rtt(agree: u64, pong_delay: Duration) -> (Duration, usize) {
         let (addr, pings) = slow_hello_backend(agree, pong_delay);
-        let cfg = RuntimeConfig {
-            cores: 1,
-            pin: false,
-            ring_entries: 64,
-            buf_size: 64 << 10,
-            bufs_per_core: 4,
-        };
+        let cfg = crate::runtime::small_cfg();
         let rtt = block_on(cfg, async move {
             let link_cfg = LinkConfig {
                 addr,

@@ -60,6 +60,9 @@ mod time;
 
 pub use buf::{AlignedBuf, BufPool, IoBuf, IoBufMut};
 pub use cores::{CoreHandle, CoreSet};
+/// A one-core, unpinned runtime with a few 64 KiB buffers, for tests outside the runtime.
+#[cfg(test)]
+pub(crate) use executor::tests::small_cfg;
 pub use executor::{block_on, buf_pool, core_handle, current_core, spawn, yield_now};
 pub use fs::{DioAlign, File, OpenOptions};
 pub use net::{ConnectOpts, Listener, Stream};
