@@ -659,6 +659,9 @@ fn target_alignment(path: &Path, volume_size: u64) -> Result<u32, FrontendError>
 /// against 913-988), 128 no faster than 64.
 const FILLS_IN_FLIGHT: usize = 64;
 
+/// Free chunk buffers a core keeps when no hydration runs (on-demand fetches, writes).
+pub(crate) const CHUNK_BUFS_RESERVE: usize = 64;
+
 /// What every core starts from (shared, read-only).
 struct CoreSetup {
     geo: Geometry,
@@ -708,7 +711,12 @@ async fn start_core(
         direct: false,
     };
     let map_file = File::open(&map_path, &buffered).map_err(|e| state_err(&cfg.state_dir, e))?;
-    let bufs = Rc::new(ChunkBufs::new(geo.chunk_size_bytes as usize, 64));
+    // While hydration runs, keep what its window can hold (`bufs`); it trims at the end.
+    let window = cfg.hydrate.batch_chunks * cfg.hydrate.in_flight;
+    let bufs = Rc::new(ChunkBufs::new(
+        geo.chunk_size_bytes as usize,
+        CHUNK_BUFS_RESERVE + window,
+    ));
     // Pings measure the path's round trip, which tells a LAN from a WAN (`hydrate::cap`).
     let mut capabilities = wire_format::frame::CAP_PING;
     if cfg.compress {

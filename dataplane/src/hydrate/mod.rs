@@ -150,6 +150,8 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
     if let Err(e) = shard.sync().await {
         tracing::error!(error = %e, "final sync of hydration failed");
     }
+    // The window's buffers are not needed any more: a migrated volume's frontend stays small.
+    shard.bufs.keep_at_most(crate::frontend::CHUNK_BUFS_RESERVE);
     let (writes, written_chunks) = shard.coalescer.counts();
     tracing::info!(
         core = shard.id,
