@@ -132,6 +132,11 @@ pub struct FerryHydration {
     pub status: Status,
     pub frontend_peak_rss_kib: u64,
     pub backend_peak_rss_kib: u64,
+    /// CPU time (user + system, every thread, io_uring workers included) each server had
+    /// used when hydration was seen complete: from its start, so the backend's includes its
+    /// start-up (a few ms) and the frontend's up to one status poll of what follows.
+    pub frontend_cpu_s: f64,
+    pub backend_cpu_s: f64,
     pub blocks_verified: usize,
 }
 
@@ -172,9 +177,11 @@ pub fn ferry_round(
         &p.log_dir.join(format!("ferry-frontend-{round}.log")),
     )?;
     let (elapsed, status) = wait_hydrated(ferry, &mut frontend, p.state_dir, t0, timeout)?;
+    let frontend_cpu_s = frontend.cpu_seconds()?;
     let frontend_peak_rss_kib = frontend.vm_hwm_kib()?;
     let mut backend = backend;
     backend.check_alive()?;
+    let backend_cpu_s = backend.cpu_seconds()?;
     let backend_peak_rss_kib = backend.vm_hwm_kib()?;
     Ferry::wait_serving(&mut frontend)?;
 
@@ -193,6 +200,8 @@ pub fn ferry_round(
             status,
             frontend_peak_rss_kib,
             backend_peak_rss_kib,
+            frontend_cpu_s,
+            backend_cpu_s,
             blocks_verified,
         },
         LiveFerry {

@@ -349,8 +349,30 @@ fn ferry_row(o: &mut String, what: &str, median: f64, runs: &[FerryHydration]) {
     rate_row(o, what, median, rates, &format!(" ({secs})"));
 }
 
+/// Where ferry's hydration time went: CPU seconds per GiB of each server, and how many of the
+/// machine's CPUs both kept busy on average (near `cpus`: CPU-bound, not disk-bound).
+fn cpu_line(o: &mut String, runs: &[FerryHydration], size_bytes: u64, cpus: usize) {
+    if runs.is_empty() || size_bytes == 0 {
+        return;
+    }
+    let gib = size_bytes as f64 / (1u64 << 30) as f64;
+    let fe = median(runs.iter().map(|r| r.frontend_cpu_s / gib).collect());
+    let be = median(runs.iter().map(|r| r.backend_cpu_s / gib).collect());
+    let busy = median(
+        runs.iter()
+            .map(|r| (r.frontend_cpu_s + r.backend_cpu_s) / r.elapsed_s)
+            .collect(),
+    );
+    let _ = writeln!(
+        o,
+        "Ferry's CPU (user + system, every thread, io_uring workers included; medians): frontend \
+         {fe:.2} s per GiB, backend {be:.2} s per GiB; together {busy:.2} of the machine's {cpus} \
+         CPUs busy for the whole hydration.\n"
+    );
+}
+
 /// The (a2) section: its table, or why it did not run.
-fn second_device_markdown(o: &mut String, h: &Hydration) {
+fn second_device_markdown(o: &mut String, h: &Hydration, size_bytes: u64, cpus: usize) {
     let _ = writeln!(
         o,
         "### (a2) Hydration, source on a second device (zram RAM disk), target on the disk\n"
@@ -393,6 +415,7 @@ fn second_device_markdown(o: &mut String, h: &Hydration) {
         "| **ratio ferry / slower fio** (goal >= {HYDRATION_GOAL}) | {} | |\n",
         ratio(d.ratio_to_slower_fio)
     );
+    cpu_line(o, &d.ferry, size_bytes, cpus);
     let _ = writeln!(o, "Device: {}, {}.", d.device, d.how);
     let _ = writeln!(
         o,
@@ -500,13 +523,14 @@ impl Report {
             "| ratio ferry / concurrent fio read+write (same device) | {} | |\n",
             ratio(h.ratio_to_concurrent_fio)
         );
+        cpu_line(&mut o, &h.ferry, self.size_bytes, m.cpus);
         let _ = writeln!(
             o,
             "fio: `{}` and `{}`\n",
             h.fio_read_command, h.fio_write_command
         );
 
-        second_device_markdown(&mut o, h);
+        second_device_markdown(&mut o, h, self.size_bytes, m.cpus);
 
         let s = &self.serving;
         let _ = writeln!(
@@ -653,12 +677,41 @@ mod tests {
         assert_eq!(second_device_verdict(&h), "met");
         let md = {
             let mut o = String::new();
-            second_device_markdown(&mut o, &h);
+            second_device_markdown(&mut o, &h, 1 << 30, 2);
             o
         };
         assert!(md.contains("### (a2) Hydration, source on a second device (zram RAM disk)"));
         assert!(md.contains("| **ratio ferry / slower fio** (goal >= 0.8) | **0.85** | |"));
         assert!(md.contains("/dev/zram9"));
+    }
+
+    #[test]
+    fn cpu_line_gives_seconds_per_gib_and_cpus_busy() {
+        let round = |elapsed_s, frontend_cpu_s, backend_cpu_s| FerryHydration {
+            elapsed_s,
+            bytes_per_s: 0.0,
+            status: Default::default(),
+            frontend_peak_rss_kib: 0,
+            backend_peak_rss_kib: 0,
+            frontend_cpu_s,
+            backend_cpu_s,
+            blocks_verified: 0,
+        };
+        // 2 GiB: 1.0 + 1.2 s in 1.1 s and 1.4 + 1.6 s in 2.0 s.
+        let runs = [round(1.1, 1.0, 1.2), round(2.0, 1.4, 1.6)];
+        let mut o = String::new();
+        cpu_line(&mut o, &runs, 2 << 30, 2);
+        assert!(
+            o.contains("frontend 0.60 s per GiB, backend 0.70 s per GiB"),
+            "{o}"
+        );
+        assert!(
+            o.contains("together 1.75 of the machine's 2 CPUs busy"),
+            "{o}"
+        );
+        let mut none = String::new();
+        cpu_line(&mut none, &[], 2 << 30, 2);
+        assert!(none.is_empty());
     }
 
     #[test]
@@ -673,7 +726,7 @@ mod tests {
         // The (a) verdict keeps its goal text.
         assert_eq!(v[0].goal, "hydration >= 0.8 x the slower fio rate");
         let mut o = String::new();
-        second_device_markdown(&mut o, &h);
+        second_device_markdown(&mut o, &h, 1 << 30, 2);
         assert!(o.contains("**Skipped:** not root."));
     }
 }
