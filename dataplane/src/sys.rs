@@ -63,6 +63,16 @@ pub fn idle_cpu_priority() -> io::Result<()> {
     check(unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) })
 }
 
+/// Gives the allocator's free memory back to the kernel (glibc `malloc_trim`): memory freed
+/// in the middle of the heap otherwise stays resident. A no-op on other C libraries.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: no arguments beyond the pad size; glibc documents it as thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `ioprio_set(2)` / `ioprio_get(2)` constants (linux/ioprio.h): not in the libc crate.
 const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 const IOPRIO_CLASS_SHIFT: u32 = 13;

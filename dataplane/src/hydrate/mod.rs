@@ -152,6 +152,7 @@ pub async fn run(shard: Rc<Shard>, cfg: HydrateConfig) {
     }
     // The window's buffers are not needed any more: a migrated volume's frontend stays small.
     shard.bufs.keep_at_most(crate::frontend::CHUNK_BUFS_RESERVE);
+    crate::sys::release_free_memory();
     let (writes, written_chunks) = shard.coalescer.counts();
     tracing::info!(
         core = shard.id,
