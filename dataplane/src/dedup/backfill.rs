@@ -11,6 +11,11 @@
 //! * one thread at `SCHED_IDLE` CPU priority and idle IO priority reads those chunks back from the target and
 //!   indexes them, but only once hydration is done: while it runs the target device is busy,
 //!   and reading it back then would slow the migration it is meant to help;
+//! * it yields to the workload ([`Pace`]): while requests keep arriving at the export it
+//!   reads one chunk per [`TRICKLE`], at full speed only once the export is quiet. The idle
+//!   IO class alone is not enough: NVMe devices usually run without an IO scheduler
+//!   (`none`), which ignores classes, so a whole-volume read-back would compete with the
+//!   workload's IO at equal rank;
 //! * at cutover the frontend drains what is left before it exits; on abort it stops (the
 //!   target is not the volume then);
 //! * nothing is persisted: after a restart the bits are rebuilt from the map (`Present`
@@ -23,7 +28,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::DedupIndex;
 use crate::geometry::Geometry;
@@ -32,12 +37,55 @@ use crate::runtime::AlignedBuf;
 
 /// How often the thread looks whether hydration is done or work arrived.
 const POLL: Duration = Duration::from_millis(200);
+/// While the workload uses the export, the indexer reads at most one chunk per this long
+/// (a few MiB/s with 64 KiB chunks): it makes progress under a workload that never pauses,
+/// without taking a share of the device worth measuring.
+const TRICKLE: Duration = Duration::from_millis(20);
+
+/// When the indexer may read its next chunk, from the export's request count as it finds it
+/// at each look: at full speed once no request arrived for a whole [`TRICKLE`], else one
+/// read per [`TRICKLE`]. (Sparse requests count as busy too: quiet between two of them is
+/// not the workload gone.)
+struct Pace {
+    seen: u64,
+    /// When a look last found new requests.
+    last_busy: Option<Instant>,
+    last_read: Instant,
+}
+
+impl Pace {
+    fn new(requests: u64, now: Instant) -> Pace {
+        Pace {
+            seen: requests,
+            last_busy: None,
+            last_read: now,
+        }
+    }
+
+    /// `None`: read now (and it counts as a read). `Some(d)`: sleep `d`, then ask again.
+    fn wait(&mut self, requests: u64, now: Instant) -> Option<Duration> {
+        if requests != self.seen {
+            self.seen = requests;
+            self.last_busy = Some(now);
+        }
+        let quiet = self.last_busy.is_none_or(|b| now >= b + TRICKLE);
+        let due = self.last_read + TRICKLE;
+        if quiet || now >= due {
+            self.last_read = now;
+            None
+        } else {
+            Some(due - now)
+        }
+    }
+}
 
 pub struct Backfill {
     /// Chunks filled but not indexed (the resident map's atomic bitmap, another meaning).
     waiting: ResidentMap,
     queued: AtomicU64,
     indexed: AtomicU64,
+    /// Requests the export admitted so far, on every core ([`Backfill::export_request`]).
+    requests: AtomicU64,
     /// Index what is left now, hydration done or not, then stop.
     drain: AtomicBool,
     stop: AtomicBool,
@@ -57,6 +105,7 @@ impl Backfill {
             waiting: ResidentMap::new(geo.chunk_count),
             queued: AtomicU64::new(0),
             indexed: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             drain: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
@@ -79,6 +128,12 @@ impl Backfill {
             self.waiting.set(chunk);
             self.queued.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The export admitted a request: the workload is using the volume, and the indexer
+    /// yields to it.
+    pub fn export_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Chunks waiting to be indexed.
@@ -157,12 +212,24 @@ impl Backfill {
         }
     }
 
-    /// Indexes every chunk queued when it passes, until told to stop.
+    /// Indexes every chunk queued when it passes, until told to stop, at the workload's
+    /// [`Pace`] (a drain, for cutover, goes at full speed: the operator waits for it).
     fn pass(&self, index: &DedupIndex, file: &std::fs::File, geo: Geometry, buf: &mut AlignedBuf) {
         let mut next = 0;
+        let mut pace = Pace::new(self.requests.load(Ordering::Relaxed), Instant::now());
         while let Some(chunk) = self.waiting.next_set(next) {
             if self.stop.load(Ordering::Acquire) {
                 return;
+            }
+            if !self.drain.load(Ordering::Acquire) {
+                let requests = self.requests.load(Ordering::Relaxed);
+                if let Some(d) = pace.wait(requests, Instant::now()) {
+                    // Woken early by finish(): the loop looks at stop and drain again.
+                    if let Ok(g) = self.wake.0.lock() {
+                        let _ = self.wake.1.wait_timeout(g, d);
+                    }
+                    continue;
+                }
             }
             next = chunk + 1;
             self.waiting.clear(chunk);
@@ -242,6 +309,80 @@ mod tests {
         assert_eq!(at(0).map(|l| l.offset), Some(0));
         assert_eq!(at(2).map(|l| l.offset), Some(2 * u64::from(cs)));
         assert_eq!(at(1), None, "a chunk never queued was indexed");
+    }
+
+    #[test]
+    fn pace_reads_at_once_when_quiet_and_one_chunk_per_trickle_when_busy() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut p = Pace::new(5, t0);
+        // No request since it started: read, again and again.
+        assert_eq!(p.wait(5, ms(1)), None);
+        assert_eq!(p.wait(5, ms(2)), None);
+        // Requests arrived: wait out the trickle period from the last read (at 2 ms).
+        assert_eq!(p.wait(9, ms(3)), Some(Duration::from_millis(19)));
+        // Still busy when it comes back: the period is over, so one read.
+        assert_eq!(p.wait(12, ms(22)), None);
+        assert_eq!(p.wait(13, ms(23)), Some(Duration::from_millis(19)));
+        // No new request, but the last came less than a period ago: still busy.
+        assert_eq!(p.wait(13, ms(30)), Some(Duration::from_millis(12)));
+        // Quiet for a whole period: read at once, again and again.
+        assert_eq!(p.wait(13, ms(43)), None);
+        assert_eq!(p.wait(13, ms(44)), None);
+        // 200 ms of requests, looked at every millisecond: one read per 20 ms, whether
+        // requests come every millisecond or every 10.
+        for every in [1, 10] {
+            let mut pace = Pace::new(0, t0);
+            let reads = (1..=200u64)
+                .filter(|&i| pace.wait(1 + i / every, ms(i)).is_none())
+                .count();
+            assert_eq!(reads, 10, "requests every {every} ms");
+        }
+    }
+
+    #[test]
+    fn a_busy_export_holds_the_indexer_back_and_a_drain_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("t.img");
+        let cs = 4096u32;
+        let chunks = 64u64;
+        let content: Vec<u8> = (0..chunks * u64::from(cs))
+            .map(|i| (i / 4096) as u8)
+            .collect();
+        std::fs::write(&target, &content).expect("write target");
+        let geo = Geometry::new(chunks * u64::from(cs), cs, 1);
+        let (_index, resident, b) = start_on(dir.path(), &target, geo);
+        (0..chunks).for_each(|c| b.later(c));
+        // A workload that never pauses, from before hydration is done.
+        let busy = Arc::new(AtomicBool::new(true));
+        let workload = {
+            let (b, busy) = (b.clone(), busy.clone());
+            std::thread::spawn(move || {
+                while busy.load(Ordering::Relaxed) {
+                    b.export_request();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        (0..chunks).for_each(|c| resident.set(c));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.indexed() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(b.indexed() > 0, "no progress under a busy workload");
+        // Unthrottled, 64 chunks of 4 KiB take well under a millisecond each; paced, the
+        // next ones come one per TRICKLE, so most are still waiting a moment later.
+        std::thread::sleep(TRICKLE * 4);
+        assert!(
+            b.queued() >= chunks / 2,
+            "the indexer did not yield: {} of {chunks} left",
+            b.queued()
+        );
+        // Cutover's drain does not wait for the workload.
+        assert_eq!(b.finish(true), 0);
+        busy.store(false, Ordering::Relaxed);
+        workload.join().expect("workload thread");
+        assert_eq!(b.indexed(), chunks);
     }
 
     #[test]

@@ -805,6 +805,7 @@ async fn start_core(
         handle: runtime::core_handle(),
         resident: resident.clone(),
         recorder: recorder.clone(),
+        indexer: backfill.clone(),
     });
     volume::install_volume(vol.clone());
     runtime::spawn(hydrate::run(shard, cfg.hydrate)).detach();

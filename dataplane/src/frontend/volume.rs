@@ -43,6 +43,8 @@ pub struct Volume {
     pub resident: std::sync::Arc<crate::map::resident::ResidentMap>,
     /// This core's handle on the access-pattern recording, if one is being made.
     pub recorder: Option<crate::recording::RecordSink>,
+    /// The dedup indexer, told of every request admitted so it yields to the workload.
+    pub indexer: Option<std::sync::Arc<crate::dedup::backfill::Backfill>>,
 }
 
 impl Volume {

@@ -102,6 +102,9 @@ pub async fn run(stream: Stream, mut input: Input, vol: Rc<Volume>) -> Result<()
             conn.reply_error(req.cookie, nbd::ESHUTDOWN).await?;
             continue;
         };
+        if let Some(indexer) = &conn.vol.indexer {
+            indexer.export_request();
+        }
         if let (Some(r), Some(kind)) = (&conn.vol.recorder, event_kind(req.command)) {
             // Valid and admitted: this is what the workload asked for, in arrival order.
             r.record(kind, req.offset, req.length);
