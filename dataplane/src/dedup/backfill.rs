@@ -47,6 +47,8 @@ const TRICKLE: Duration = Duration::from_millis(20);
 /// read per [`TRICKLE`]. (Sparse requests count as busy too: quiet between two of them is
 /// not the workload gone.)
 struct Pace {
+    /// [`TRICKLE`], longer in a test that must not depend on scheduling delays.
+    period: Duration,
     seen: u64,
     /// When a look last found new requests.
     last_busy: Option<Instant>,
@@ -54,10 +56,13 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(requests: u64, now: Instant) -> Pace {
+    /// An export that served requests before the pass began counts as busy just now: a
+    /// pass must not start at full speed in the middle of a workload.
+    fn new(requests: u64, now: Instant, period: Duration) -> Pace {
         Pace {
+            period,
             seen: requests,
-            last_busy: None,
+            last_busy: (requests > 0).then_some(now),
             last_read: now,
         }
     }
@@ -68,8 +73,8 @@ impl Pace {
             self.seen = requests;
             self.last_busy = Some(now);
         }
-        let quiet = self.last_busy.is_none_or(|b| now >= b + TRICKLE);
-        let due = self.last_read + TRICKLE;
+        let quiet = self.last_busy.is_none_or(|b| now >= b + self.period);
+        let due = self.last_read + self.period;
         if quiet || now >= due {
             self.last_read = now;
             None
@@ -86,6 +91,7 @@ pub struct Backfill {
     indexed: AtomicU64,
     /// Requests the export admitted so far, on every core ([`Backfill::export_request`]).
     requests: AtomicU64,
+    pace_period: Duration,
     /// Index what is left now, hydration done or not, then stop.
     drain: AtomicBool,
     stop: AtomicBool,
@@ -101,11 +107,22 @@ impl Backfill {
         geo: Geometry,
         resident: Arc<ResidentMap>,
     ) -> std::io::Result<Arc<Backfill>> {
+        Self::start_paced(index, target, geo, resident, TRICKLE)
+    }
+
+    fn start_paced(
+        index: Arc<DedupIndex>,
+        target: &Path,
+        geo: Geometry,
+        resident: Arc<ResidentMap>,
+        pace_period: Duration,
+    ) -> std::io::Result<Arc<Backfill>> {
         let b = Arc::new(Backfill {
             waiting: ResidentMap::new(geo.chunk_count),
             queued: AtomicU64::new(0),
             indexed: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            pace_period,
             drain: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
@@ -216,7 +233,11 @@ impl Backfill {
     /// [`Pace`] (a drain, for cutover, goes at full speed: the operator waits for it).
     fn pass(&self, index: &DedupIndex, file: &std::fs::File, geo: Geometry, buf: &mut AlignedBuf) {
         let mut next = 0;
-        let mut pace = Pace::new(self.requests.load(Ordering::Relaxed), Instant::now());
+        let mut pace = Pace::new(
+            self.requests.load(Ordering::Relaxed),
+            Instant::now(),
+            self.pace_period,
+        );
         while let Some(chunk) = self.waiting.next_set(next) {
             if self.stop.load(Ordering::Acquire) {
                 return;
@@ -315,24 +336,28 @@ mod tests {
     fn pace_reads_at_once_when_quiet_and_one_chunk_per_trickle_when_busy() {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        let mut p = Pace::new(5, t0);
-        // No request since it started: read, again and again.
-        assert_eq!(p.wait(5, ms(1)), None);
-        assert_eq!(p.wait(5, ms(2)), None);
+        // An export nobody used yet: read, again and again.
+        let mut p = Pace::new(0, t0, TRICKLE);
+        assert_eq!(p.wait(0, ms(1)), None);
+        assert_eq!(p.wait(0, ms(2)), None);
         // Requests arrived: wait out the trickle period from the last read (at 2 ms).
-        assert_eq!(p.wait(9, ms(3)), Some(Duration::from_millis(19)));
+        assert_eq!(p.wait(4, ms(3)), Some(Duration::from_millis(19)));
         // Still busy when it comes back: the period is over, so one read.
-        assert_eq!(p.wait(12, ms(22)), None);
-        assert_eq!(p.wait(13, ms(23)), Some(Duration::from_millis(19)));
+        assert_eq!(p.wait(7, ms(22)), None);
+        assert_eq!(p.wait(8, ms(23)), Some(Duration::from_millis(19)));
         // No new request, but the last came less than a period ago: still busy.
-        assert_eq!(p.wait(13, ms(30)), Some(Duration::from_millis(12)));
+        assert_eq!(p.wait(8, ms(30)), Some(Duration::from_millis(12)));
         // Quiet for a whole period: read at once, again and again.
-        assert_eq!(p.wait(13, ms(43)), None);
-        assert_eq!(p.wait(13, ms(44)), None);
+        assert_eq!(p.wait(8, ms(43)), None);
+        assert_eq!(p.wait(8, ms(44)), None);
+        // A pass that starts after the export served requests waits a period first.
+        let mut p = Pace::new(5, t0, TRICKLE);
+        assert_eq!(p.wait(5, ms(1)), Some(Duration::from_millis(19)));
+        assert_eq!(p.wait(5, ms(20)), None);
         // 200 ms of requests, looked at every millisecond: one read per 20 ms, whether
         // requests come every millisecond or every 10.
         for every in [1, 10] {
-            let mut pace = Pace::new(0, t0);
+            let mut pace = Pace::new(0, t0, TRICKLE);
             let reads = (1..=200u64)
                 .filter(|&i| pace.wait(1 + i / every, ms(i)).is_none())
                 .count();
@@ -351,7 +376,14 @@ mod tests {
             .collect();
         std::fs::write(&target, &content).expect("write target");
         let geo = Geometry::new(chunks * u64::from(cs), cs, 1);
-        let (_index, resident, b) = start_on(dir.path(), &target, geo);
+        let index =
+            Arc::new(DedupIndex::open(&dir.path().join("i.sqlite"), &target, true).expect("index"));
+        let resident = Arc::new(ResidentMap::new(geo.chunk_count));
+        // A long period: only a workload thread stalled for a whole second, not a busy test
+        // machine's scheduling delays, could look like a quiet export here.
+        let period = Duration::from_secs(1);
+        let b =
+            Backfill::start_paced(index, &target, geo, resident.clone(), period).expect("start");
         (0..chunks).for_each(|c| b.later(c));
         // A workload that never pauses, from before hydration is done.
         let busy = Arc::new(AtomicBool::new(true));
@@ -364,19 +396,24 @@ mod tests {
                 }
             })
         };
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
         (0..chunks).for_each(|c| resident.set(c));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = t0 + Duration::from_secs(20);
         while b.indexed() == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(b.indexed() > 0, "no progress under a busy workload");
-        // Unthrottled, 64 chunks of 4 KiB take well under a millisecond each; paced, the
-        // next ones come one per TRICKLE, so most are still waiting a moment later.
-        std::thread::sleep(TRICKLE * 4);
+        // One read per period while busy: the first a period after the pass began.
         assert!(
-            b.queued() >= chunks / 2,
-            "the indexer did not yield: {} of {chunks} left",
-            b.queued()
+            t0.elapsed() >= period / 2,
+            "read at once under a busy workload"
+        );
+        std::thread::sleep(period / 2);
+        assert!(
+            b.indexed() <= 2,
+            "the indexer did not yield: {} of {chunks} indexed",
+            b.indexed()
         );
         // Cutover's drain does not wait for the workload.
         assert_eq!(b.finish(true), 0);
