@@ -396,12 +396,12 @@ fn a_client_that_never_reads_replies_cannot_grow_the_frontend() {
     const READS: u64 = 4096;
     let mut reqs = Vec::with_capacity(READS as usize * 28);
     for i in 0..READS {
-        reqs.extend_from_slice(&0x2560_9513u32.to_be_bytes());
-        reqs.extend_from_slice(&0u16.to_be_bytes()); // flags
-        reqs.extend_from_slice(&0u16.to_be_bytes()); // NBD_CMD_READ
-        reqs.extend_from_slice(&i.to_be_bytes()); // cookie
-        reqs.extend_from_slice(&((i * 64 * KIB) % SIZE).to_be_bytes());
-        reqs.extend_from_slice(&(64 * KIB as u32).to_be_bytes());
+        reqs.extend_from_slice(&nbd::encode_request(
+            nbd::CMD_READ,
+            i,
+            (i * 64 * KIB) % SIZE,
+            (64 * KIB) as u32,
+        ));
     }
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     // The frontend stops reading requests at some point: the write times out then.

@@ -26,12 +26,18 @@ fn round(r: u64) -> Vec<(u64, u32)> {
     v
 }
 
+/// A work directory with a seeded source volume, and the source's bytes to check replies by.
+fn sample(name: &str, seed: u64) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    let dir = test_dir(name);
+    let source = dir.path().join("source.img");
+    make_source(&source, SIZE, seed);
+    let expected = std::fs::read(&source).expect("read source");
+    (dir, source, expected)
+}
+
 #[test]
 fn pipelined_reads_of_every_size_each_get_one_reply_with_their_data() {
-    let dir = test_dir("nbd-replies");
-    let source = dir.path().join("source.img");
-    make_source(&source, SIZE, 21);
-    let expected = std::fs::read(&source).expect("read source");
+    let (dir, source, expected) = sample("nbd-replies", 21);
     // Mid-migration: some reads wait for on-demand fetches, so replies finish out of order.
     let h = Harness::start(dir.path(), &source, Opts::default().rate("4M"));
     h.assert_mid_migration();
@@ -49,12 +55,7 @@ fn pipelined_reads_of_every_size_each_get_one_reply_with_their_data() {
         for (offset, len) in round(r) {
             cookie += 1;
             asked.insert(cookie, (offset, len));
-            requests.extend_from_slice(&nbd::REQUEST_MAGIC.to_be_bytes());
-            requests.extend_from_slice(&0u16.to_be_bytes());
-            requests.extend_from_slice(&nbd::CMD_READ.to_be_bytes());
-            requests.extend_from_slice(&cookie.to_be_bytes());
-            requests.extend_from_slice(&offset.to_be_bytes());
-            requests.extend_from_slice(&len.to_be_bytes());
+            requests.extend_from_slice(&nbd::encode_request(nbd::CMD_READ, cookie, offset, len));
         }
     }
     // All requests at once, from another thread: the frontend takes at most 128 at a time,
@@ -126,10 +127,7 @@ fn pipelined_reads_of_every_size_each_get_one_reply_with_their_data() {
 /// reply's holder must send the queue when it lets the lock go: no later reply would.
 #[test]
 fn small_replies_queued_behind_a_blocked_large_reply_are_sent_when_it_ends() {
-    let dir = test_dir("nbd-queued-tail");
-    let source = dir.path().join("source.img");
-    make_source(&source, SIZE, 22);
-    let expected = std::fs::read(&source).expect("read source");
+    let (dir, source, expected) = sample("nbd-queued-tail", 22);
     let h = Harness::start(dir.path(), &source, Opts::default());
     h.wait_status("hydrated", Duration::from_secs(60), |st| {
         st["chunks_untouched"] == 0
@@ -137,16 +135,7 @@ fn small_replies_queued_behind_a_blocked_large_reply_are_sent_when_it_ends() {
     let c = nbd::Client::connect(&h.sock, &h.opts.volume);
     let mut s = c.s;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let read_req = |cookie: u64, offset: u64, len: u32| {
-        let mut r = Vec::with_capacity(28);
-        r.extend_from_slice(&nbd::REQUEST_MAGIC.to_be_bytes());
-        r.extend_from_slice(&0u16.to_be_bytes());
-        r.extend_from_slice(&nbd::CMD_READ.to_be_bytes());
-        r.extend_from_slice(&cookie.to_be_bytes());
-        r.extend_from_slice(&offset.to_be_bytes());
-        r.extend_from_slice(&len.to_be_bytes());
-        r
-    };
+    let read_req = |cookie, offset, len| nbd::encode_request(nbd::CMD_READ, cookie, offset, len);
     // A large reply (streamed under the lock), then medium ones (read whole, then sent under
     // it, in segments or in one send): each blocks on the unread socket (its buffer is far
     // smaller) while small replies queue behind it.

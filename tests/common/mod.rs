@@ -1272,6 +1272,18 @@ pub mod nbd {
         Ok(u16::from_be_bytes([g[16], g[17]]))
     }
 
+    /// The 28 bytes of a request header (a WRITE's payload follows it).
+    pub fn encode_request(cmd: u16, cookie: u64, offset: u64, len: u32) -> [u8; 28] {
+        let mut r = [0u8; 28];
+        r[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        // r[4..6]: flags, none.
+        r[6..8].copy_from_slice(&cmd.to_be_bytes());
+        r[8..16].copy_from_slice(&cookie.to_be_bytes());
+        r[16..24].copy_from_slice(&offset.to_be_bytes());
+        r[24..28].copy_from_slice(&len.to_be_bytes());
+        r
+    }
+
     impl Client {
         pub fn connect(sock: &Path, export: &str) -> Client {
             let mut s = UnixStream::connect(sock).expect("connect NBD socket");
@@ -1333,12 +1345,7 @@ pub mod nbd {
         fn request(&mut self, cmd: u16, offset: u64, len: u32, payload: &[u8]) -> u64 {
             self.cookie += 1;
             let mut r = Vec::with_capacity(28 + payload.len());
-            r.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-            r.extend_from_slice(&0u16.to_be_bytes());
-            r.extend_from_slice(&cmd.to_be_bytes());
-            r.extend_from_slice(&self.cookie.to_be_bytes());
-            r.extend_from_slice(&offset.to_be_bytes());
-            r.extend_from_slice(&len.to_be_bytes());
+            r.extend_from_slice(&encode_request(cmd, self.cookie, offset, len));
             r.extend_from_slice(payload);
             self.s.write_all(&r).expect("send NBD request");
             self.cookie
